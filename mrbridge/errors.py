@@ -1,0 +1,23 @@
+"""User-facing errors. The CLI prints their message and exits with code 2 (tracebacks only with --debug).
+
+Every message names where the problem is (file, field), the offending value and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class MrbridgeError(Exception):
+    """Base class of every mistake a user can make (bad file, bad field, bad value)."""
+
+
+class ConfigError(MrbridgeError):
+    """A protocol, task or system file that does not validate."""
+
+
+class InputError(MrbridgeError):
+    """A data file (twin, maps, raw data, .seq) that cannot be used as given."""
+
+
+def where(source: str | None, field: str) -> str:
+    """Format 'file: field' (or just the field) for error messages."""
+    return f"{source}: {field}" if source else field

@@ -1,0 +1,234 @@
+"""The Twin: a voxel grid of tissue properties, with HDF5 save/load (units recorded) and validation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from mrbridge.atomic import atomic_path
+from mrbridge.errors import InputError
+
+FORMAT_VERSION = 1
+
+#: map name -> (unit written to HDF5, plausible range of tissue values (where pd > 0))
+MAP_UNITS: dict[str, tuple[str, tuple[float, float]]] = {
+    "pd": ("relative", (0.0, 1e3)),
+    "t1": ("s", (1e-3, 20.0)),
+    "t2": ("s", (1e-4, 10.0)),
+    "t2dash": ("s", (1e-4, float("inf"))),
+    "b0": ("Hz", (-5e3, 5e3)),
+    "b1": ("relative", (0.05, 5.0)),
+}
+
+
+@dataclass
+class Twin:
+    """Voxel grid of tissue properties, indexed (z, y, x); voxel centres at (i − n//2)·Δ along each axis.
+
+    pd: Tensor         # (z, y, x) proton density, relative
+    t1: Tensor         # (z, y, x) s
+    t2: Tensor         # (z, y, x) s
+    t2dash: Tensor     # (z, y, x) s, reversible dephasing, 1/T2* = 1/T2 + 1/T2' (inf: none)
+    b0: Tensor         # (z, y, x) Hz off-resonance
+    b1: Tensor         # (z, y, x) relative B1+ (flip angles scale by it)
+    coil_sens: Tensor  # (coils, z, y, x) complex64 receive sensitivities
+    fov: (x, y, z) m
+    diffusion: Tensor | None  # (z, y, x) m²/s apparent diffusion coefficient, optional
+    labels: Tensor | None     # (z, y, x) int64 tissue label (0 = background), optional
+    """
+
+    pd: torch.Tensor
+    t1: torch.Tensor
+    t2: torch.Tensor
+    t2dash: torch.Tensor
+    b0: torch.Tensor
+    b1: torch.Tensor
+    coil_sens: torch.Tensor
+    fov: tuple[float, float, float]
+    diffusion: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_maps(
+        cls,
+        pd: torch.Tensor,
+        t1: torch.Tensor,
+        t2: torch.Tensor,
+        fov: tuple[float, float, float],
+        *,
+        t2dash: torch.Tensor | None = None,
+        b0: torch.Tensor | None = None,
+        b1: torch.Tensor | None = None,
+        coil_sens: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> Twin:
+        """A twin from PD/T1/T2 (any shape up to 3D; promoted to (z, y, x)); other maps default to ideal
+        (no T2', B0 = 0, B1 = 1, one uniform coil)."""
+        pd = _as_zyx(pd)
+        shape = pd.shape
+
+        def fill(m: torch.Tensor | None, value: float) -> torch.Tensor:
+            return torch.full(shape, value, dtype=pd.dtype) if m is None else _as_zyx(m)
+
+        coils = torch.ones((1, *shape), dtype=torch.complex64) if coil_sens is None else coil_sens
+        if coils.dim() == 3:
+            coils = coils[:, None]
+        twin = cls(
+            pd=pd, t1=_as_zyx(t1), t2=_as_zyx(t2), t2dash=fill(t2dash, float("inf")), b0=fill(b0, 0.0),
+            b1=fill(b1, 1.0), coil_sens=coils, fov=tuple(float(f) for f in fov), **extra,  # type: ignore[arg-type]
+        )
+        return twin
+
+    # ---- geometry -----------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(z, y, x)."""
+        return tuple(self.pd.shape)  # type: ignore[return-value]
+
+    @property
+    def coils(self) -> int:
+        return int(self.coil_sens.shape[0])
+
+    @property
+    def voxel_size(self) -> torch.Tensor:
+        """(3,) m, (x, y, z)."""
+        nz, ny, nx = self.shape
+        return torch.tensor(self.fov, dtype=torch.float64) / torch.tensor([nx, ny, nz], dtype=torch.float64)
+
+    def positions(self) -> torch.Tensor:
+        """Voxel centres. Returns: Tensor  # (z, y, x, 3) m, last axis (x, y, z)."""
+        nz, ny, nx = self.shape
+        dx, dy, dz = self.voxel_size.tolist()
+        z, y, x = torch.meshgrid(
+            (torch.arange(nz) - nz // 2) * dz,
+            (torch.arange(ny) - ny // 2) * dy,
+            (torch.arange(nx) - nx // 2) * dx,
+            indexing="ij",
+        )
+        return torch.stack([x, y, z], dim=-1).to(self.pd.dtype)
+
+    # ---- conversions --------------------------------------------------------------------------------
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Twin:
+        """A copy on ``device`` with real maps cast to ``dtype``."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            cast = dtype if t.is_floating_point() else None
+            if t.is_complex() and dtype is not None:
+                cast = torch.complex128 if dtype == torch.float64 else torch.complex64
+            return t.to(device=device, dtype=cast)
+
+        updates = {f.name: move(getattr(self, f.name)) for f in fields(self) if _is_tensor_field(f.name)}
+        return replace(self, **updates)
+
+    # ---- validation ---------------------------------------------------------------------------------
+    def validate(self, source: str | None = None) -> Twin:
+        """Check shapes, finiteness and plausibility; raise InputError naming the map and value."""
+        where = source or "twin"
+        shape = self.shape
+        for name in ("pd", "t1", "t2", "t2dash", "b0", "b1"):
+            m = getattr(self, name)
+            if tuple(m.shape) != shape:
+                raise InputError(f"{where}: map '{name}' has shape {tuple(m.shape)}, expected {shape} like 'pd'")
+            bad = torch.isnan(m) | (torch.isinf(m) if name != "t2dash" else torch.isneginf(m))
+            if bad.any():
+                raise InputError(f"{where}: map '{name}' has {int(bad.sum())} NaN/inf values; clean the map first")
+        if tuple(self.coil_sens.shape[1:]) != shape:
+            raise InputError(
+                f"{where}: 'coil_sens' has shape {tuple(self.coil_sens.shape)}, expected (coils, {', '.join(map(str, shape))})"
+            )
+        for name, m in (("diffusion", self.diffusion), ("labels", self.labels)):
+            if m is not None and tuple(m.shape) != shape:
+                raise InputError(f"{where}: map '{name}' has shape {tuple(m.shape)}, expected {shape}")
+        if (self.pd < 0).any():
+            raise InputError(f"{where}: map 'pd' has negative values (min {self.pd.min().item():.3g}); expected >= 0")
+        tissue = self.pd > 0
+        if not tissue.any():
+            raise InputError(f"{where}: map 'pd' is zero everywhere; the twin is empty")
+        for name, (unit, (lo, hi)) in MAP_UNITS.items():
+            if name == "pd":
+                continue
+            vals = getattr(self, name)[tissue]
+            vmin, vmax = vals.min().item(), vals.max().item()
+            if vmin < lo or vmax > hi:
+                hint = ""
+                if name in ("t1", "t2") and vmax > hi:
+                    hint = " (values look like milliseconds; twins store seconds)"
+                raise InputError(
+                    f"{where}: map '{name}' spans [{vmin:.4g}, {vmax:.4g}] {unit} in tissue, "
+                    f"expected within [{lo:g}, {hi:g}] {unit}{hint}"
+                )
+        if any(not np.isfinite(f) or f <= 0 for f in self.fov):
+            raise InputError(f"{where}: fov {self.fov} m, expected three positive lengths in metres")
+        return self
+
+    # ---- HDF5 ---------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write HDF5 atomically: one dataset per map with its unit as attribute."""
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "mrbridge.twin"
+            f.attrs["version"] = FORMAT_VERSION
+            f.attrs["fov_m"] = np.asarray(self.fov)
+            f.attrs["axes"] = "z, y, x"
+            f.attrs["provenance"] = json.dumps(self.provenance)
+            f.attrs["label_names"] = json.dumps({str(k): v for k, v in self.label_names.items()})
+            for name, (unit, _) in MAP_UNITS.items():
+                ds = f.create_dataset(name, data=getattr(self, name).detach().cpu().numpy())
+                ds.attrs["unit"] = unit
+            ds = f.create_dataset("coil_sens", data=self.coil_sens.detach().cpu().numpy())
+            ds.attrs["unit"] = "relative (complex)"
+            if self.diffusion is not None:
+                f.create_dataset("diffusion", data=self.diffusion.detach().cpu().numpy()).attrs["unit"] = "m^2/s"
+            if self.labels is not None:
+                f.create_dataset("labels", data=self.labels.detach().cpu().numpy()).attrs["unit"] = "label"
+
+    @classmethod
+    def load(cls, path: str | Path) -> Twin:
+        """Read a twin written by :meth:`save` and validate it."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != "mrbridge.twin":
+                    raise InputError(f"{path}: attribute 'format' is {f.attrs.get('format')!r}, expected 'mrbridge.twin'")
+                for name, (unit, _) in MAP_UNITS.items():
+                    if name not in f:
+                        raise InputError(f"{path}: dataset '{name}' is missing")
+                    if f[name].attrs.get("unit") != unit:
+                        raise InputError(f"{path}: dataset '{name}' has unit {f[name].attrs.get('unit')!r}, expected {unit!r}")
+                maps = {name: torch.from_numpy(f[name][()]) for name in MAP_UNITS}
+                optional = {k: torch.from_numpy(f[k][()]) for k in ("diffusion", "labels") if k in f}
+                twin = cls(
+                    **maps,
+                    coil_sens=torch.from_numpy(f["coil_sens"][()]),
+                    fov=tuple(float(v) for v in f.attrs["fov_m"]),  # type: ignore[arg-type]
+                    label_names={int(k): v for k, v in json.loads(f.attrs.get("label_names", "{}")).items()},
+                    provenance=json.loads(f.attrs.get("provenance", "{}")),
+                    **optional,
+                )
+        except OSError as err:
+            raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
+        except KeyError as err:
+            raise InputError(f"{path}: missing {err}") from None
+        return twin.validate(str(path))
+
+
+def _is_tensor_field(name: str) -> bool:
+    return name not in ("fov", "label_names", "provenance")
+
+
+def _as_zyx(m: torch.Tensor) -> torch.Tensor:
+    m = torch.as_tensor(m)
+    while m.dim() < 3:
+        m = m[None]
+    return m
