@@ -1,0 +1,1 @@
+"""Sim-vs-measured comparison reports: metrics, figures, the HTML page."""

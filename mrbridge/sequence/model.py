@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ from mrbridge.errors import InputError
 FORMAT_VERSION = 1
 
 
-class PulseUsage(str, Enum):
+class PulseUsage(StrEnum):
     """What an RF pulse is for; the nominal trajectory and the exporter depend on it."""
 
     EXCITATION = "excitation"

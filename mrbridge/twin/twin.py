@@ -83,7 +83,7 @@ class Twin:
             coils = coils[:, None]
         twin = cls(
             pd=pd, t1=_as_zyx(t1), t2=_as_zyx(t2), t2dash=fill(t2dash, float("inf")), b0=fill(b0, 0.0),
-            b1=fill(b1, 1.0), coil_sens=coils, fov=tuple(float(f) for f in fov), **extra,  # type: ignore[arg-type]
+            b1=fill(b1, 1.0), coil_sens=coils, fov=(float(fov[0]), float(fov[1]), float(fov[2])), **extra,
         )
         return twin
 
@@ -107,13 +107,13 @@ class Twin:
         """Voxel centres. Returns: Tensor  # (z, y, x, 3) m, last axis (x, y, z)."""
         nz, ny, nx = self.shape
         dx, dy, dz = self.voxel_size.tolist()
-        z, y, x = torch.meshgrid(
-            (torch.arange(nz) - nz // 2) * dz,
-            (torch.arange(ny) - ny // 2) * dy,
-            (torch.arange(nx) - nx // 2) * dx,
-            indexing="ij",
-        )
-        return torch.stack([x, y, z], dim=-1).to(self.pd.dtype)
+        dtype = self.pd.dtype
+
+        def centres(n: int, step: float) -> torch.Tensor:
+            return (torch.arange(n, dtype=dtype) - n // 2) * step
+
+        z, y, x = torch.meshgrid(centres(nz, dz), centres(ny, dy), centres(nx, dx), indexing="ij")
+        return torch.stack([x, y, z], dim=-1)
 
     # ---- conversions --------------------------------------------------------------------------------
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Twin:
@@ -127,7 +127,8 @@ class Twin:
                 cast = torch.complex128 if dtype == torch.float64 else torch.complex64
             return t.to(device=device, dtype=cast)
 
-        updates = {f.name: move(getattr(self, f.name)) for f in fields(self) if _is_tensor_field(f.name)}
+        tensors = [f.name for f in fields(self) if _is_tensor_field(f.name)]
+        updates: dict[str, Any] = {name: move(getattr(self, name)) for name in tensors}
         return replace(self, **updates)
 
     # ---- validation ---------------------------------------------------------------------------------
@@ -141,11 +142,11 @@ class Twin:
                 raise InputError(f"{where}: map '{name}' has shape {tuple(m.shape)}, expected {shape} like 'pd'")
             bad = torch.isnan(m) | (torch.isinf(m) if name != "t2dash" else torch.isneginf(m))
             if bad.any():
-                raise InputError(f"{where}: map '{name}' has {int(bad.sum())} NaN/inf values; clean the map first")
+                count = int(bad.sum())
+                raise InputError(f"{where}: map '{name}' has {count} NaN/inf values; clean the map first")
         if tuple(self.coil_sens.shape[1:]) != shape:
-            raise InputError(
-                f"{where}: 'coil_sens' has shape {tuple(self.coil_sens.shape)}, expected (coils, {', '.join(map(str, shape))})"
-            )
+            got, want = tuple(self.coil_sens.shape), ", ".join(map(str, shape))
+            raise InputError(f"{where}: 'coil_sens' has shape {got}, expected (coils, {want})")
         for name, m in (("diffusion", self.diffusion), ("labels", self.labels)):
             if m is not None and tuple(m.shape) != shape:
                 raise InputError(f"{where}: map '{name}' has shape {tuple(m.shape)}, expected {shape}")
@@ -200,12 +201,14 @@ class Twin:
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != "mrbridge.twin":
-                    raise InputError(f"{path}: attribute 'format' is {f.attrs.get('format')!r}, expected 'mrbridge.twin'")
+                    found = f.attrs.get("format")
+                    raise InputError(f"{path}: attribute 'format' is {found!r}, expected 'mrbridge.twin'")
                 for name, (unit, _) in MAP_UNITS.items():
                     if name not in f:
                         raise InputError(f"{path}: dataset '{name}' is missing")
-                    if f[name].attrs.get("unit") != unit:
-                        raise InputError(f"{path}: dataset '{name}' has unit {f[name].attrs.get('unit')!r}, expected {unit!r}")
+                    found = f[name].attrs.get("unit")
+                    if found != unit:
+                        raise InputError(f"{path}: dataset '{name}' has unit {found!r}, expected {unit!r}")
                 maps = {name: torch.from_numpy(f[name][()]) for name in MAP_UNITS}
                 optional = {k: torch.from_numpy(f[k][()]) for k in ("diffusion", "labels") if k in f}
                 twin = cls(

@@ -1,0 +1,416 @@
+"""The `mrbridge` command line. Thin: parse, call one library function, print, exit.
+
+User mistakes (MrbridgeError) print one line and exit with code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.text import Text
+
+from mrbridge.errors import MrbridgeError
+from mrbridge.sequence.model import Sequence
+
+Config = TypeVar("Config", bound=BaseModel)
+CleanMode = Literal["mask", "clip", "error"]
+
+app = typer.Typer(
+    name="mrbridge",
+    help="Bridge a differentiable MRI simulation and a real 3T scanner.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_state = {"debug": False, "quiet": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    _state["debug"] = debug
+    _state["quiet"] = quiet
+
+
+@contextmanager
+def _working(message: str) -> Iterator[None]:
+    """A spinner for steps that take a while (only on a terminal, never with --quiet)."""
+    if _state["quiet"] or not err.is_terminal:
+        yield
+        return
+    with err.status(message):
+        yield
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- simulate ----------------------------------------------------------------------------------------
+@app.command()
+def simulate(
+    output: Annotated[Path, typer.Option("-o", "--output", help="ISMRMRD raw data file to write (.h5).")],
+    twin: Annotated[str, typer.Option(help="builtin:NAME or a twin .h5 file.")] = "builtin:brain",
+    protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (protocols/*.yaml).")] = None,
+    seq: Annotated[Path | None, typer.Option(help="A Pulseq .seq or a sequence JSON instead of a protocol.")] = None,
+    engine: Annotated[str, typer.Option(help="Simulation engine.")] = "bloch",
+    noise: Annotated[float, typer.Option(help="Noise σ relative to the maximum signal magnitude.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the noise and of random phantoms.")] = 0,
+    coils: Annotated[int | None, typer.Option(help="Simulated receive coils (built-in twins).")] = None,
+    matrix: Annotated[int | None, typer.Option(help="Matrix size (overrides the protocol's).")] = None,
+    spins: Annotated[int | None, typer.Option(help="Spins per voxel (Bloch engine).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+) -> None:
+    """Simulate a protocol (or sequence) on a twin and write ISMRMRD raw data."""
+    from mrbridge.raw.mrd import write_mrd
+    from mrbridge.sim.simulate import simulate as run_simulation
+    from mrbridge.twin.phantoms import open_twin
+
+    sequence = _load_sequence(protocol, seq, matrix)
+    phantom = open_twin(twin, matrix=matrix or sequence.info.matrix[0], coils=coils, seed=seed)
+    with _working(f"simulating {sequence.info.name} on {twin}"):
+        raw = run_simulation(sequence, phantom, engine=engine, noise=noise, seed=seed, device=_device(device),
+                             spins=spins)
+    raw.provenance.update({"twin": twin, "seed": str(seed), "engine": engine})
+    write_mrd(raw.to("cpu"), output)
+    out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")
+
+
+def _load_sequence(protocol: Path | None, seq: Path | None, matrix: int | None) -> Sequence:
+    from mrbridge.sequence.builders import build
+    from mrbridge.sequence.protocol import load_protocol
+
+    if (protocol is None) == (seq is None):
+        raise MrbridgeError("give exactly one of --protocol FILE.yaml or --seq FILE.json")
+    if protocol is not None:
+        return build(load_protocol(protocol), matrix=matrix)
+    assert seq is not None
+    if seq.suffix.lower() == ".seq":
+        from mrbridge.sequence.import_seq import import_seq
+
+        return import_seq(seq)
+    return Sequence.load(seq)
+
+
+# ---- twin --------------------------------------------------------------------------------------------
+@app.command("twin")
+def twin_command(
+    spec: Annotated[str, typer.Argument(help="builtin:NAME (spin-brain, spin-random, brain), a twin .h5, or 'show'.")],
+    path: Annotated[Path | None, typer.Argument(help="With 'show': the twin .h5 to show.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Twin HDF5 file to write.")] = None,
+    png: Annotated[Path | None, typer.Option(help="With 'show': the figure to write.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of random phantoms (spin-random).")] = 0,
+    matrix: Annotated[int | None, typer.Option(help="Matrix size of built-in twins.")] = None,
+    coils: Annotated[int | None, typer.Option(help="Simulated receive coils.")] = None,
+) -> None:
+    """Write a twin (a built-in phantom, or a copy of a twin file) to HDF5, or `twin show FILE --png F`."""
+    from mrbridge.twin.phantoms import open_twin
+
+    if spec == "show":
+        _show_twin(path, png)
+        return
+    if output is None or path is not None:
+        raise MrbridgeError("usage: mrbridge twin SPEC -o twin.h5   or   mrbridge twin show twin.h5 --png twin.png")
+    twin = open_twin(spec, matrix=matrix, coils=coils, seed=seed)
+    twin.save(output)
+    nz, ny, nx = twin.shape
+    fov_mm = "×".join(f"{f * 1e3:g}" for f in twin.fov)
+    out.print(f"wrote {output}  ({nx}×{ny}×{nz} voxels, {twin.coils} coils, FOV {fov_mm} mm)")
+
+
+def _show_twin(path: Path | None, png: Path | None) -> None:
+    from mrbridge.twin.show import show_twin, summary_lines
+    from mrbridge.twin.twin import Twin
+
+    if path is None or png is None:
+        raise MrbridgeError("usage: mrbridge twin show twin.h5 --png twin.png")
+    twin = Twin.load(path)
+    show_twin(twin, png)
+    for line in summary_lines(twin):
+        out.print(line, highlight=False)
+    out.print(f"wrote {png}")
+
+
+# ---- calibrate ---------------------------------------------------------------------------------------
+MAP_OPTION = "a map file, or FILE:KEY for a variable or image series inside it"
+
+
+@app.command()
+def calibrate(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Twin HDF5 file to write.")],
+    pd: Annotated[str | None, typer.Option(help=f"Proton density: {MAP_OPTION}.")] = None,
+    t1: Annotated[str | None, typer.Option(help="T1 map.")] = None,
+    t2: Annotated[str | None, typer.Option(help="T2 map.")] = None,
+    t2star: Annotated[str | None, typer.Option(help="T2* map (T2' = 1/(1/T2* − 1/T2)).")] = None,
+    t2dash: Annotated[str | None, typer.Option(help="T2' map.")] = None,
+    b0: Annotated[str | None, typer.Option(help="B0 off-resonance map.")] = None,
+    b1: Annotated[str | None, typer.Option(help="B1+ map (relative, percent or flip angle).")] = None,
+    mat: Annotated[Path | None, typer.Option(help="One .mat/.npz holding all maps (with --keys).")] = None,
+    keys: Annotated[str | None, typer.Option(help="Map names in --mat, e.g. PD,T1,T2,B0,B1 ('_' skips).")] = None,
+    mask: Annotated[str | None, typer.Option(help="Mask map (default: from PD).")] = None,
+    coils: Annotated[Path | None, typer.Option(help="Multi-coil ISMRMRD calibration scan for sensitivities.")] = None,
+    slice_index: Annotated[int | None, typer.Option("--slice", help="Slice of 3D maps.")] = None,
+    matrix: Annotated[int | None, typer.Option(help="In-plane matrix of the twin (anti-aliased resampling).")] = None,
+    t1_unit: Annotated[str | None, typer.Option(help="State T1's unit (s, ms) instead of inferring it.")] = None,
+    t2_unit: Annotated[str | None, typer.Option(help="State T2's unit (s, ms).")] = None,
+    t2star_unit: Annotated[str | None, typer.Option(help="State T2*'s unit (s, ms).")] = None,
+    t2dash_unit: Annotated[str | None, typer.Option(help="State T2''s unit (s, ms).")] = None,
+    b0_unit: Annotated[str | None, typer.Option(help="State B0's unit (Hz, rad/s, ppm).")] = None,
+    b1_unit: Annotated[str | None, typer.Option(help="State B1's unit (ratio, percent, deg).")] = None,
+    clean: Annotated[CleanMode, typer.Option(help="What to do with implausible voxels.")] = "mask",
+    reorient: Annotated[bool, typer.Option(help="Reorient maps whose axes are flipped/swapped against PD.")] = False,
+    voxel_mm: Annotated[str | None, typer.Option(help="Voxel size X,Y,Z in mm for maps without geometry.")] = None,
+    field_strength: Annotated[float | None, typer.Option(help="B0 in T (for B0 maps in ppm).")] = None,
+    b1_nominal_deg: Annotated[float | None, typer.Option(help="Nominal flip angle of a B1 flip-angle map.")] = None,
+) -> None:
+    """Build a validated twin from measured PD/T1/T2/T2*/T2'/B0/B1 maps (any unit; each choice reported)."""
+    from mrbridge.twin.calibrate import MapInput
+    from mrbridge.twin.calibrate import calibrate as run_calibration
+    from mrbridge.twin.readers import parse_map_spec, read_stacked
+    from mrbridge.twin.show import summary_lines
+
+    given = {"pd": pd, "t1": t1, "t2": t2, "t2star": t2star, "t2dash": t2dash, "b0": b0, "b1": b1}
+    if mat is not None:
+        if any(given.values()) or not keys:
+            raise MrbridgeError("--mat needs --keys (e.g. PD,T1,T2,B0,B1) and no per-map options")
+        maps: dict[str, MapInput] = dict(read_stacked(mat, [k.strip() for k in keys.split(",")]))
+        maps.pop("_", None)
+    else:
+        maps = {name: parse_map_spec(spec) for name, spec in given.items() if spec}
+    stated = {name: unit for name, unit in (("t1", t1_unit), ("t2", t2_unit), ("t2star", t2star_unit),
+                                             ("t2dash", t2dash_unit), ("b0", b0_unit), ("b1", b1_unit)) if unit}
+    voxel = None
+    if voxel_mm:
+        try:
+            x, y, z = (float(v) for v in voxel_mm.split(","))
+        except ValueError:
+            raise MrbridgeError(f"--voxel-mm {voxel_mm!r}: expected three numbers X,Y,Z in mm") from None
+        voxel = (x, y, z)
+    with _working("calibrating"):
+        twin = run_calibration(
+            maps, units=stated, mask=parse_map_spec(mask) if mask else None, slice=slice_index, matrix=matrix,
+            coils=coils, clean=clean, reorient=reorient, voxel_mm=voxel,
+            field_strength_t=field_strength, b1_nominal_deg=b1_nominal_deg,
+        )
+    twin.save(output)
+    for line in summary_lines(twin):
+        out.print(line, highlight=False)
+    out.print(f"wrote {output}")
+
+
+# ---- export / check ----------------------------------------------------------------------------------
+Coil = Literal["head", "body"]
+
+
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(metavar="BUNDLE|SEQUENCE.json", help="Run bundle or sequence JSON.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Pulseq .seq file to write.")],
+    system: Annotated[str, typer.Option(help="System preset (generic3t, prisma, vida, skyra) or YAML.")] = "generic3t",
+    rf: Annotated[Literal["sinc", "block"], typer.Option(help="Shape of the exported RF pulses.")] = "sinc",
+    rf_duration_ms: Annotated[float, typer.Option(help="RF pulse duration.")] = 1.0,
+    tbw: Annotated[float, typer.Option(help="Time-bandwidth product of sinc pulses.")] = 4.0,
+    slice_mm: Annotated[float | None, typer.Option(help="Slice thickness (default: the sequence's).")] = None,
+    patient_kg: Annotated[float, typer.Option(help="Patient mass for SAR.")] = 75.0,
+    coil: Annotated[Coil, typer.Option(help="Transmit coil for SAR.")] = "head",
+    timing: Annotated[
+        Literal["extend", "strict"], typer.Option(help="extend: lengthen events that cannot fit; strict: refuse.")
+    ] = "extend",
+    version: Annotated[Literal["1.5", "1.4"], typer.Option(help="Pulseq file version.")] = "1.5",
+    force: Annotated[bool, typer.Option(help="Write even when a safety check fails (recorded as a warning).")] = False,
+) -> None:
+    """Export a sequence as a Pulseq .seq a scanner runs; refuse (exit 1) what is unsafe.
+
+    Beside the .seq go safety.json (every figure) and <name>.exported.json (the Sequence with the file's timing).
+    """
+    from mrbridge.sequence.export import export_seq, write_pulseq
+    from mrbridge.sequence.safety import check_safety
+    from mrbridge.system import System
+
+    seq = Sequence.load(source / "sequence.json" if source.is_dir() else source)
+    hardware = System.load(system)
+    with _working("exporting"):
+        result = export_seq(seq, hardware, rf=rf, rf_duration=rf_duration_ms * 1e-3, tbw=tbw,
+                            slice_thickness=None if slice_mm is None else slice_mm * 1e-3, timing=timing)
+        report = check_safety(result.pulseq, hardware, patient_kg=patient_kg, coil=coil)
+    for change in result.changes:
+        out.print(f"timing changed: {change}", highlight=False)
+    failures = report.failures()
+    for failure in failures:
+        err.print(str(failure), highlight=False)
+    if failures and not force:
+        err.print(f"refused: {len(failures)} safety check(s) failed on {hardware.name}; nothing written "
+                  "(--force writes it anyway)")
+        raise typer.Exit(1)
+    if failures:
+        err.print("warning: written despite failed safety checks (--force); recorded in safety.json")
+    write_pulseq(result.pulseq, output, version=version)
+    result.sequence.save(output.with_suffix(".exported.json"))
+    report.save(output.parent / "safety.json")
+    out.print(f"wrote {output}, {output.with_suffix('.exported.json')}, {output.parent / 'safety.json'}")
+
+
+@app.command()
+def check(
+    seq_file: Annotated[Path, typer.Argument(metavar="SEQ", help="Any Pulseq .seq file.")],
+    system: Annotated[str, typer.Option(help="System preset or YAML.")] = "generic3t",
+    patient_kg: Annotated[float, typer.Option(help="Patient mass for SAR.")] = 75.0,
+    coil: Annotated[Coil, typer.Option(help="Transmit coil for SAR.")] = "head",
+) -> None:
+    """Check a .seq: timing, gradients, B1, SAR, PNS. Exit 1 when unsafe."""
+    from mrbridge.sequence.safety import check_safety
+    from mrbridge.system import System
+
+    report = check_safety(seq_file, System.load(system), patient_kg=patient_kg, coil=coil)
+    out.print(report.summary(), highlight=False)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+# ---- recon / convert ---------------------------------------------------------------------------------
+@app.command()
+def recon(
+    raw_path: Annotated[Path, typer.Argument(metavar="RAW", help="ISMRMRD .h5 or Siemens twix .dat.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ISMRMRD image file to write (.h5).")],
+    seq: Annotated[Path | None, typer.Option(help="The .seq that produced a twix file.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--with", help="Run bundle whose recon to use.")] = None,
+    method: Annotated[str | None, typer.Option(help="fft, adjoint, cg or sense [default: fft or the bundle's]")] = None,
+    nifti: Annotated[Path | None, typer.Option(help="Also write NIfTI (.nii or .nii.gz).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Also write a PNG of the magnitude.")] = None,
+    delay_us: Annotated[float, typer.Option("--trajectory-delay-us", help="Gradient delay (µs) of a twix.")] = 0.0,
+) -> None:
+    """Reconstruct raw data with the same Recon that reconstructs simulations.
+
+    Without --method or --with: fft for Cartesian data, cg for any other trajectory."""
+    import torch
+
+    from mrbridge.raw.read import read_raw
+    from mrbridge.recon.image_io import write_image_mrd, write_nifti, write_png
+    from mrbridge.recon.pipeline import Recon, ReconConfig
+
+    raw = read_raw(raw_path, seq, trajectory_delay=delay_us * 1e-6)
+    if bundle is not None:
+        reconstruct = Recon.load(bundle)
+        if method is not None:
+            reconstruct.config = reconstruct.config.model_copy(update={"method": method})
+    else:
+        default = "fft" if raw.header.trajectory == "cartesian" else "cg"
+        reconstruct = Recon(_parse(ReconConfig, {"method": method or default}, "--method"))
+    with _working(f"reconstructing {raw_path.name}"), torch.no_grad():
+        image = reconstruct(raw)
+    write_image_mrd(image, output)
+    written = [output]
+    if nifti is not None:
+        write_nifti(image, nifti)
+        written.append(nifti)
+    if png is not None:
+        write_png(image, png)
+        written.append(png)
+    out.print("wrote " + ", ".join(map(str, written)) + f"  (image {tuple(image.data.shape)})")
+
+
+@app.command()
+def convert(
+    dat: Annotated[Path, typer.Argument(help="Siemens twix .dat file.")],
+    seq: Annotated[Path, typer.Option(help="The .seq that produced it (ordering, labels, trajectory).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ISMRMRD raw data file to write (.h5).")],
+    delay_us: Annotated[float, typer.Option("--trajectory-delay-us", help="Gradient delay (µs).")] = 0.0,
+) -> None:
+    """Convert Siemens twix raw data of a Pulseq sequence to ISMRMRD."""
+    from mrbridge.raw.convert import convert as convert_twix
+
+    raw = convert_twix(dat, seq, output, trajectory_delay=delay_us * 1e-6)
+    out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")
+
+
+def _parse(model: type[Config], values: dict[str, object], option: str) -> Config:
+    """Validate CLI values into a pydantic model; a bad value is a one-line error naming the option."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise MrbridgeError(f"{option} {first.get('input')!r}: {first['msg']}") from None
+
+
+# ---- compare / gadget --------------------------------------------------------------------------------
+@app.command()
+def compare(
+    sim: Annotated[Path, typer.Option(help="Simulated raw data (ISMRMRD .h5).")],
+    meas: Annotated[Path, typer.Option(help="Measured raw data (ISMRMRD .h5, or twix .dat with --seq).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report folder (index.html, PNGs, metrics.json).")],
+    seq: Annotated[Path | None, typer.Option(help="The .seq (or sequence.json) that was run.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--with", help="Run bundle whose recon to use.")] = None,
+    twin: Annotated[str | None, typer.Option(help="The twin (for tissue ROI statistics).")] = None,
+    system: Annotated[str, typer.Option(help="System preset or YAML for the safety summary.")] = "generic3t",
+) -> None:
+    """Report simulation against measurement, both through the same Recon."""
+    from mrbridge.report.compare import compare as run_compare
+
+    with _working("comparing"):
+        result = run_compare(sim, meas, output, seq_path=seq, bundle=bundle, twin_path=twin, system=system)
+    m = result.metrics
+    out.print(f"scale {m.scale:.4g}  NRMSE {m.nrmse:.4f}  SSIM {m.ssim:.4f}  PSNR {m.psnr_db:.2f} dB")
+    out.print(f"wrote {result.index}")
+
+
+@app.command()
+def gadget(
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 9002,
+    host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
+    bundle: Annotated[Path | None, typer.Option("--with", help="Run bundle whose recon to serve.")] = None,
+) -> None:
+    """Serve the recon as a Gadgetron external Python gadget until interrupted."""
+    import logging
+
+    from mrbridge.gadget import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    out.print(f"mrbridge gadget listening on {host}:{port} (Ctrl-C stops)")
+    try:
+        serve(port, host=host, bundle=bundle)
+    except KeyboardInterrupt:
+        out.print("stopped")
+
+
+# ---- demo --------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("out/demo"),
+    matrix: Annotated[int, typer.Option(help="Matrix size.")] = 64,
+) -> None:
+    """Simulate GRE and SE on builtin:brain; write raw data and inverse-FFT images; print the paths."""
+    from mrbridge.demo import run_demo
+
+    with _working("running the demo"):
+        paths = run_demo(output, matrix=matrix)
+    for path in paths:
+        out.print(str(path))
+
+
+def main() -> None:
+    """Entry point: run the app; a user mistake prints one line and exits with code 2."""
+    try:
+        app()
+    except MrbridgeError as error:
+        if _state["debug"]:
+            raise
+        err.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+        sys.exit(2)
+
+if __name__ == "__main__":
+    main()

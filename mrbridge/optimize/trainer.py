@@ -1,0 +1,356 @@
+"""Training loop of an optimization task: phases, checkpoints, exact resume, validation, the run bundle.
+
+The run is a flat list of steps divided into phases (random-restart trials, recon pretraining, sequence and
+recon rounds, or joint steps). Everything random is derived from (seed, step, twin index), so step ``n``
+does the same thing whether the run got there directly or resumed from a checkpoint: a checkpoint (written
+atomically every ``checkpoint_every`` steps: parameters, optimizers, history, RNG states) is all a resume
+needs, and a run killed at any moment loses at most the steps since the last checkpoint.
+
+Bundle (DESIGN.md): ``sequence.json``, ``recon.json`` + ``recon.pt`` (+ ``mlp.pt``), ``task.yaml``,
+``history.csv``, ``summary.json``, ``plots/``, ``checkpoints/last.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrbridge.atomic import atomic_path, atomic_write_text
+from mrbridge.errors import InputError
+from mrbridge.optimize import losses
+from mrbridge.optimize.data import TwinSet
+from mrbridge.optimize.distributed import Dist, setup, teardown
+from mrbridge.optimize.model import JointModel, noise_seed
+from mrbridge.optimize.plots import write_plots
+from mrbridge.optimize.task import ResolvedTask, Schedule, load_task
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+#: the step offset of validation noise seeds (validation noise does not change from one validation to the next)
+_VALIDATION = 1 << 30
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``steps`` consecutive steps of one kind: trial (restart), recon, sequence or joint."""
+
+    kind: str
+    steps: int
+    trial: int = -1
+    on_reference: bool = False
+
+
+def phases(task: ResolvedTask) -> list[Phase]:
+    """The task's steps, in order."""
+    o = task.task.optimizer
+    out = [Phase("trial", o.restart_steps, trial=r) for r in range(o.restarts)]
+    if o.mode == "joint":
+        return [*out, Phase("joint", o.iterations)]
+    a = o.alternating
+    if a.pretrain_steps:
+        out.append(Phase("recon", a.pretrain_steps, on_reference=a.pretrain_on == "reference"))
+    for _ in range(a.rounds):
+        out.append(Phase("sequence", a.sequence_steps))
+        if a.recon_steps:
+            out.append(Phase("recon", a.recon_steps))
+    return out
+
+
+def _factor(schedule: Schedule, step: int, total: int) -> float:
+    if schedule.kind == "exponential":
+        return float(schedule.gamma**step)
+    if schedule.kind == "cosine":
+        return schedule.final + (1 - schedule.final) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    return 1.0
+
+
+class Trainer:
+    """Runs one task into a bundle folder ``out``.
+
+    >>> # Trainer(load_task("protocols/mrzero_gre_from_zero.yaml"), "runs/gre0").run()  # doctest: +SKIP
+    """
+
+    def __init__(self, task: ResolvedTask, out: str | Path, *, resume: bool = False, engine: str | None = None,
+                 device: str | None = None, progress: bool | None = None, dist: Dist | None = None,
+                 where: torch.device | None = None) -> None:
+        self.task, self.out, self.resume = task, Path(out), resume
+        self.dist = dist or Dist()
+        t = task.task
+        seed = t.optimizer.seed
+        torch.manual_seed(seed)
+        self.data = TwinSet(t.data, task.protocol.matrix, task.source)
+        self.model = JointModel(task, self.data, engine=engine, device=where or torch.device(device or "cpu"))
+        self.phases = phases(task)
+        self.total = sum(p.steps for p in self.phases)
+        self.opt_seq = torch.optim.Adam(self._groups(self.model.params.raw, t.optimizer.lr), lr=t.optimizer.lr)
+        recon = self.model.recon_parameters()
+        self.opt_recon = torch.optim.Adam(recon, lr=t.optimizer.recon_lr) if recon else None
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_val = math.inf
+        self.bad_validations = 0
+        self.stopped = False
+        self.initial: dict[str, float] = {}
+        self.trial_best: tuple[float, list[torch.Tensor]] | None = None
+        self.show = sys.stderr.isatty() if progress is None else progress
+        self.show = self.show and self.dist.main
+        if (self.out / CHECKPOINT).exists():
+            if not resume:
+                raise InputError(f"{self.out}: holds a checkpoint of an earlier run; resume it (--resume) or "
+                                 "choose another output folder")
+            self._load()
+
+    def _groups(self, raws: Any, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [raw], "lr": spec.lr or lr, "base_lr": spec.lr or lr}
+                for raw, spec in zip(raws, self.task.task.parameters, strict=True)]
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "history": self.history, "best_val": self.best_val,
+            "bad_validations": self.bad_validations, "stopped": self.stopped, "initial": self.initial,
+            "trial_best": self.trial_best,
+            "model": self.model.state_dict(), "opt_seq": self.opt_seq.state_dict(),
+            "opt_recon": self.opt_recon.state_dict() if self.opt_recon else None,
+            "rng": torch.get_rng_state(),
+        }
+
+    def _save(self) -> None:
+        if not self.dist.main:
+            return
+        with atomic_path(self.out / CHECKPOINT) as tmp:
+            torch.save(self._state(), tmp)
+        self._write_history()
+
+    def _load(self) -> None:
+        state = torch.load(self.out / CHECKPOINT, map_location=self.model.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.opt_seq.load_state_dict(state["opt_seq"])
+        if self.opt_recon is not None:
+            self.opt_recon.load_state_dict(state["opt_recon"])
+        self.step, self.history = state["step"], state["history"]
+        self.best_val, self.bad_validations = state["best_val"], state["bad_validations"]
+        self.stopped, self.trial_best = state["stopped"], state["trial_best"]
+        self.initial = state["initial"]
+        torch.set_rng_state(state["rng"])
+
+    def _write_history(self) -> None:
+        if not self.history:
+            return
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.out / "history.csv", buf.getvalue())
+
+    # ---- steps -------------------------------------------------------------------------------------------
+    def _phase(self, step: int) -> tuple[Phase, int]:
+        start = 0
+        for phase in self.phases:
+            if step < start + phase.steps:
+                return phase, step - start
+            start += phase.steps
+        raise IndexError(step)
+
+    def _batch(self, step: int) -> list[int]:
+        train = self.data.train
+        size = self.task.task.optimizer.batch
+        if size >= len(train):
+            return list(train)
+        rng = np.random.default_rng([self.task.task.optimizer.seed, step])
+        return sorted(int(i) for i in rng.choice(train, size=size, replace=False))
+
+    def _begin(self, phase: Phase) -> None:
+        """Work at a phase's first step: a new trial re-draws the random initial values."""
+        if phase.kind == "trial":
+            self.model.params.initialize(self.task.task.optimizer.seed + 1 + phase.trial)
+            self.opt_seq.state.clear()
+        if phase.kind in ("recon", "sequence"):
+            self.model.forget_signals()
+
+    def _end(self, phase: Phase, loss: float) -> None:
+        """A trial's last step: keep the best trial; after the last trial continue from the best."""
+        if phase.kind != "trial":
+            return
+        raws = [r.detach().clone() for r in self.model.params.raw]
+        if self.trial_best is None or loss < self.trial_best[0]:
+            self.trial_best = (loss, raws)
+        if phase.trial == self.task.task.optimizer.restarts - 1:
+            with torch.no_grad():
+                for raw, best in zip(self.model.params.raw, self.trial_best[1], strict=True):
+                    raw.copy_(best)
+            self.opt_seq.state.clear()
+
+    def _one_step(self) -> dict[str, Any]:
+        phase, local = self._phase(self.step)
+        if local == 0:
+            self._begin(phase)
+        o = self.task.task.optimizer
+        factor = _factor(o.schedule, self.step, self.total)
+        for group in self.opt_seq.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if self.opt_recon is not None:
+            for group in self.opt_recon.param_groups:
+                group["lr"] = o.recon_lr * factor
+        train_seq = phase.kind in ("trial", "sequence", "joint")
+        train_recon = phase.kind in ("recon", "joint") and self.opt_recon is not None
+        batch = self._batch(self.step)
+        mine = self.dist.shard(batch)
+        seeds = [noise_seed(o.seed, self.step, i) for i in mine]
+        self.opt_seq.zero_grad(set_to_none=True)
+        if self.opt_recon is not None:
+            self.opt_recon.zero_grad(set_to_none=True)
+        share = len(mine) / len(batch)
+        if mine:
+            out = self.model(mine, seeds, train_sequence=train_seq, on_reference=phase.on_reference)
+            terms = self.model.loss_terms(out)
+            (terms["loss"] * share).backward()
+            seq = out.sequence
+        else:  # more processes than twins: contribute zero gradients
+            terms, seq = {}, self.model.params.sequence()
+        if train_seq:
+            self.dist.sum_gradients(self.model.sequence_parameters())
+            self.opt_seq.step()
+        if train_recon:
+            assert self.opt_recon is not None
+            self.dist.sum_gradients(self.model.recon_parameters())
+            self.opt_recon.step()
+        names = sorted(terms)
+        summed = self.dist.sum(torch.tensor([float(terms[k].detach()) * share for k in names], dtype=torch.float64))
+        row: dict[str, Any] = {"step": self.step + 1, "phase": phase.kind}
+        row.update({k: float(v) for k, v in zip(names, summed, strict=True)})
+        seq = seq.detach()
+        row["sar_flip2"] = float(losses.flip_squared(seq))
+        row["scan_time_s"] = float(seq.duration)
+        for key, value in self.model.params.values().items():
+            row[f"{key}_mean"] = float(value.detach().mean())
+        self._end(phase, row.get("loss", math.inf))
+        return row
+
+    def validate(self) -> dict[str, float]:
+        """Loss and metrics on the validation twins (the training twins when there are none), fixed noise."""
+        indices = self.data.validation or self.data.train
+        mine = self.dist.shard(indices)
+        o = self.task.task.optimizer
+        totals: dict[str, float] = {}
+        with torch.no_grad():
+            for i in mine:
+                out = self.model([i], [noise_seed(o.seed, _VALIDATION, i)], train_sequence=True)
+                values = {"loss": float(self.model.loss_terms(out)["loss"]), **self.model.metrics(out)}
+                for k, v in values.items():
+                    totals[k] = totals.get(k, 0.0) + v
+        names = sorted(totals) if mine else sorted(self._metric_names())
+        summed = self.dist.sum(torch.tensor([totals.get(k, 0.0) for k in names], dtype=torch.float64))
+        return {f"val_{k}": float(v) / len(indices) for k, v in zip(names, summed, strict=True)}
+
+    def _metric_names(self) -> list[str]:
+        if self.model.mlp is not None:
+            return ["loss", "nrmse", "t1_mae_s", "t1_rel_err"]
+        return ["loss", "nrmse", "psnr", "ssim"]
+
+    # ---- the run -----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to the end (or early stop), checkpointing; write the bundle; return the summary."""
+        o = self.task.task.optimizer
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "task.yaml", self.task.text)
+        if self.step == 0:
+            self.initial = self.validate()
+        progress = _Progress(self.total, self.show, self.step)
+        try:
+            while self.step < self.total and not self.stopped:
+                phase, local = self._phase(self.step)
+                row = self._one_step()
+                self.step += 1
+                round_done = phase.kind == "recon" and local == phase.steps - 1
+                if self.step % o.validate_every == 0 or self.step == self.total or round_done:
+                    row.update(self.validate())
+                    self._early_stop(row["val_loss"])
+                self.history.append(row)
+                progress.update(row)
+                if self.step % o.checkpoint_every == 0 or self.step == self.total or self.stopped:
+                    self._save()
+        finally:
+            progress.close()
+        return self._finish()
+
+    def _early_stop(self, value: float) -> None:
+        es = self.task.task.optimizer.early_stopping
+        if value < self.best_val - (es.min_delta if es else 0.0):
+            self.best_val, self.bad_validations = value, 0
+        else:
+            self.bad_validations += 1
+        if es is not None and self.bad_validations >= es.patience:
+            self.stopped = True
+
+    def _finish(self) -> dict[str, Any]:
+        final = {k: v for k, v in self.history[-1].items() if k.startswith("val_")} if self.history else {}
+        summary = {"task": self.task.task.name, "steps": self.step, "total_steps": self.total,
+                   "stopped_early": self.stopped, "engine": self.model.engine, "world": self.dist.world,
+                   "initial": self.initial, "final": final,
+                   "parameters": {k: v.detach().cpu().reshape(-1).tolist()
+                                  for k, v in self.model.params.values().items()}}
+        if not self.dist.main:
+            return summary
+        seq = self.model.params.sequence().detach().to("cpu")
+        seq.save(self.out / "sequence.json")
+        self.model.recon.to("cpu").save(self.out)
+        self.model.recon.to(self.model.device)
+        if self.model.mlp is not None:
+            with atomic_path(self.out / "mlp.pt") as tmp:
+                torch.save(self.model.mlp.state_dict(), tmp)
+        self._write_history()
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_plots(self.out / "plots", self.history, seq)
+        return summary
+
+
+class _Progress:
+    """A rich progress bar with loss, SAR proxy and scan time (only when shown)."""
+
+    def __init__(self, total: int, show: bool, done: int) -> None:
+        self.bar: Any = None
+        if not show:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("optimize"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+        self.bar.start()
+        self.id = self.bar.add_task("optimize", total=total, completed=done, info="")
+
+    def update(self, row: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        info = f"loss {row.get('loss', float('nan')):.4g}  SAR α²/s {row['sar_flip2']:.3g}  " \
+               f"time {row['scan_time_s']:.3g} s"
+        self.bar.update(self.id, advance=1, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def optimize(task_path: str | Path, out: str | Path, *, resume: bool = False, device: str | None = None,
+             engine: str | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """What ``mrbridge optimize TASK -o OUT`` runs (also under torchrun): load, train, write the bundle.
+
+    Returns the summary (also written to ``OUT/summary.json``).
+    """
+    task = load_task(task_path)
+    dist, where = setup(device)
+    try:
+        trainer = Trainer(task, out, resume=resume, engine=engine, progress=progress, dist=dist, where=where)
+        return trainer.run()
+    finally:
+        teardown()

@@ -1,0 +1,104 @@
+"""Write Images: ISMRMRD images (ismrmrd), NIfTI (nibabel) and PNG (matplotlib), each atomically.
+
+Geometry: ``Image.position`` is the patient-frame (ISMRMRD, LPS) position of voxel (z//2, y//2, x//2) and
+``read_dir``/``phase_dir``/``slice_dir`` the directions of the x/y/z image axes; NIfTI affines are RAS.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+from pathlib import Path
+
+import ismrmrd
+import matplotlib.image
+import nibabel as nib
+import numpy as np
+
+from mrbridge.atomic import atomic_path, atomic_write_bytes
+from mrbridge.errors import InputError
+from mrbridge.recon.image import Image
+
+
+def _frames(image: Image) -> np.ndarray:
+    """(frames, z, y, x) numpy array of the image data (leading dims flattened)."""
+    data = image.data.detach().cpu().numpy()
+    return data.reshape(-1, *data.shape[-3:])
+
+
+def write_image_mrd(image: Image, path: str | Path, *, group: str = "dataset", series: str = "image_0") -> None:
+    """Write ``image`` as ISMRMRD images, one (z, y, x) image per leading index, into ``group``/``series``.
+
+    Complex data are stored as complex float, real data as float; FOV and position in mm, as ISMRMRD expects.
+    """
+    frames = _frames(image)
+    leading = image.data.shape[:-3]
+    dtype = np.complex64 if np.iscomplexobj(frames) else np.float32
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        ds = ismrmrd.Dataset(str(tmp), group, create_if_needed=True)
+        try:
+            for i, frame in enumerate(frames):
+                index = np.unravel_index(i, leading) if leading else ()
+                img = ismrmrd.Image.from_array(np.ascontiguousarray(frame.astype(dtype)))
+                img.field_of_view = tuple(float(f) * 1e3 for f in image.fov)
+                img.position = tuple(float(p) * 1e3 for p in image.position)
+                img.read_dir = image.read_dir
+                img.phase_dir = image.phase_dir
+                img.slice_dir = image.slice_dir
+                img.image_index = i + 1
+                img.image_series_index = 1
+                if len(index) >= 2:
+                    img.repetition, img.contrast = int(index[-2]), int(index[-1])
+                elif len(index) == 1:
+                    img.contrast = int(index[0])
+                img.image_type = ismrmrd.IMTYPE_COMPLEX if dtype == np.complex64 else ismrmrd.IMTYPE_MAGNITUDE
+                ds.append_image(series, img)
+        finally:
+            ds.close()
+
+
+def nifti_affine(image: Image) -> np.ndarray:
+    """4×4 voxel (x, y, z) → RAS mm affine; voxel centres at (i − n//2)·Δ from ``image.position``."""
+    dirs = np.array([image.read_dir, image.phase_dir, image.slice_dir], dtype=float).T  # columns x, y, z
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    rot = lps_to_ras @ dirs @ np.diag(np.array(image.voxel_size) * 1e3)
+    centre = np.array([n // 2 for n in image.matrix], dtype=float)
+    affine = np.eye(4)
+    affine[:3, :3] = rot
+    affine[:3, 3] = lps_to_ras @ (np.array(image.position) * 1e3) - rot @ centre
+    return affine
+
+
+def write_nifti(image: Image, path: str | Path) -> None:
+    """Write the magnitude of ``image`` as NIfTI-1 (x, y, z[, frames]) float32; ``.nii.gz`` is gzipped."""
+    path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise InputError(f"{path}: NIfTI output must end in .nii or .nii.gz")
+    frames = np.abs(_frames(image)).astype(np.float32)  # (frames, z, y, x)
+    data = frames.transpose(3, 2, 1, 0)
+    if data.shape[-1] == 1:
+        data = data[..., 0]
+    nifti = nib.Nifti1Image(data, nifti_affine(image))
+    nifti.header.set_xyzt_units("mm")
+    raw = nifti.to_bytes()
+    atomic_write_bytes(path, gzip.compress(raw, mtime=0) if path.name.endswith(".gz") else raw)
+
+
+def write_png(image: Image, path: str | Path) -> None:
+    """Write the magnitude of every (frame, z) slice as a grayscale montage PNG (+y up), scaled to its max."""
+    frames = np.abs(_frames(image)).astype(np.float32)
+    slices = frames.reshape(-1, *frames.shape[-2:])
+    n = slices.shape[0]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    ny, nx = slices.shape[-2:]
+    montage = np.zeros((rows * ny, cols * nx), dtype=np.float32)
+    for i, s in enumerate(slices):
+        r, c = divmod(i, cols)
+        montage[(rows - 1 - r) * ny : (rows - r) * ny, c * nx : (c + 1) * nx] = s
+    vmax = float(montage.max()) or 1.0
+    buffer = io.BytesIO()
+    matplotlib.image.imsave(buffer, montage, cmap="gray", vmin=0.0, vmax=vmax, origin="lower", format="png")
+    atomic_write_bytes(path, buffer.getvalue())

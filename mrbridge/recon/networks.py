@@ -1,0 +1,91 @@
+"""Optional image-domain networks of the Recon: a residual CNN and a small U-Net on (real, imag) channels.
+
+Both map a complex image (…, z, y, x) to a complex image of the same shape, slice by slice in z, and add
+their output to the input (residual), so zero-initialised last layers leave the image unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _to_channels(image: torch.Tensor) -> torch.Tensor:
+    """(…, y, x) complex → (n, 2, y, x) real."""
+    ny, nx = image.shape[-2:]
+    flat = image.reshape(-1, ny, nx)
+    if not flat.is_complex():
+        flat = torch.complex(flat, torch.zeros_like(flat))
+    return torch.stack((flat.real, flat.imag), 1)
+
+
+def _from_channels(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(n, 2, y, x) real → complex with the shape of ``like``."""
+    return torch.complex(x[:, 0], x[:, 1]).reshape(like.shape)
+
+
+class SimpleCNN(nn.Module):
+    """Residual CNN: ``depth`` 3×3 convolutions with ``features`` channels and ReLU."""
+
+    def __init__(self, features: int = 32, depth: int = 5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(2, features, 3, padding=1), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(features, features, 3, padding=1), nn.ReLU()]
+        last = nn.Conv2d(features, 2, 3, padding=1)
+        for p in last.parameters():
+            nn.init.zeros_(p)
+        self.body = nn.Sequential(*layers, last)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (…, z, y, x) complex → (…, z, y, x) complex."""
+        x = _to_channels(image)
+        return _from_channels(x + self.body(x), image if image.is_complex() else image.to(torch.complex64))
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
+
+
+class UNet(nn.Module):
+    """Residual U-Net with ``levels`` down/up-sampling steps, ``features`` channels at the top level."""
+
+    def __init__(self, features: int = 16, levels: int = 2) -> None:
+        super().__init__()
+        self.levels = levels
+        widths = [features * 2**i for i in range(levels + 1)]
+        self.down = nn.ModuleList([_block(2, widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(levels)])
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels))]
+        )
+        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(levels))])
+        self.out = nn.Conv2d(widths[0], 2, 1)
+        for p in self.out.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (…, z, y, x) complex → (…, z, y, x) complex."""
+        x = _to_channels(image)
+        ny, nx = x.shape[-2:]
+        m = 2**self.levels
+        h = F.pad(x, (0, (-nx) % m, 0, (-ny) % m))
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h if i == 0 else F.max_pool2d(h, 2))
+            skips.append(h)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1]), strict=True):
+            h = merge(torch.cat((up(h), skip), 1))
+        residual = self.out(h)[..., :ny, :nx]
+        return _from_channels(x + residual, image if image.is_complex() else image.to(torch.complex64))
+
+
+def build_network(kind: Literal["none", "cnn", "unet"], *, features: int, depth: int) -> nn.Module | None:
+    """The network of a ReconConfig (``depth``: conv layers of the CNN, levels of the U-Net)."""
+    if kind == "cnn":
+        return SimpleCNN(features, depth)
+    if kind == "unet":
+        return UNet(features, depth)
+    return None

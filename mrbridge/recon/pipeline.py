@@ -1,0 +1,315 @@
+"""Recon: one torch module that reconstructs simulated and measured RawData alike.
+
+``Recon(config)(raw) -> Image`` is differentiable w.r.t. ``raw.kdata`` and ``raw.traj``; its configuration
+and (optional network) weights round-trip through a run bundle (``recon.json`` + ``recon.pt``).
+
+Stages: noise prewhitening → gridding by the encoding labels (Cartesian: fft, sense) or an exact
+non-Cartesian transform of ``raw.traj`` (adjoint, cg) → coil combination → readout-oversampling removal →
+optional network.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Literal
+
+import ismrmrd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from mrbridge.atomic import atomic_path, atomic_write_text
+from mrbridge.errors import ConfigError, InputError
+from mrbridge.raw.rawdata import RawData
+from mrbridge.recon.coils import estimate_sensitivities
+from mrbridge.recon.image import Image
+from mrbridge.recon.networks import build_network
+from mrbridge.recon.operators import CoilOp, FourierOp, LinearOperator, NonCartesianOp
+from mrbridge.recon.solvers import conjugate_gradient
+
+#: readouts that never enter an image
+_SKIP = (
+    ismrmrd.ACQ_IS_NOISE_MEASUREMENT,
+    ismrmrd.ACQ_IS_NAVIGATION_DATA,
+    ismrmrd.ACQ_IS_PHASECORR_DATA,
+    ismrmrd.ACQ_IS_DUMMYSCAN_DATA,
+)
+
+
+class ReconConfig(BaseModel):
+    """How to reconstruct (stored as ``recon.json`` in a bundle)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["fft", "adjoint", "cg", "sense"] = "fft"
+    iterations: int = Field(default=10, ge=1, description="CG iterations (cg, sense)")
+    tikhonov: float = Field(default=0.0, ge=0.0, description="λ of the Tikhonov term λ‖x‖² (cg, sense)")
+    prewhiten: bool = Field(default=True, description="whiten coils with the noise scan, if any")
+    remove_oversampling: bool = Field(default=True, description="crop x (and y) to the header's recon matrix")
+    coil_combine: Literal["rss", "sensitivity"] = "rss"
+    sensitivity_kernel: int = Field(default=5, ge=1, description="Walsh window width in voxels (odd)")
+    sensitivity_threshold: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="zero the maps where the coil RSS < threshold·max"
+    )
+    network: Literal["none", "cnn", "unet"] = "none"
+    network_features: int = Field(default=16, ge=1)
+    network_depth: int = Field(default=3, ge=1, description="conv layers (cnn, ≥ 2) or levels (unet)")
+
+
+def _has(flags: torch.Tensor, bit: int) -> torch.Tensor:
+    """(readouts,) bool: ISMRMRD flag ``bit`` (1-based) set."""
+    return (flags >> (bit - 1)) & 1 == 1
+
+
+def _center_crop(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """Keep the central ``n`` entries of ``dim`` (voxel n_old//2 stays at n//2)."""
+    start = x.shape[dim] // 2 - n // 2
+    return x.narrow(dim, start, n)
+
+
+def prewhiten(kdata: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Whiten coils: L⁻¹·kdata with L the Cholesky factor of the noise covariance.
+
+        kdata: (coils, readouts, samples) complex;  noise: (coils, noise_samples) complex
+    returns (coils, readouts, samples)
+    """
+    n = noise.to(kdata.device, kdata.dtype)
+    cov = n @ n.conj().T / n.shape[1]
+    chol = torch.linalg.cholesky(cov)
+    c, r, s = kdata.shape
+    white = torch.linalg.solve_triangular(chol, kdata.reshape(c, r * s), upper=False)
+    return white.reshape(c, r, s)
+
+
+class Recon(nn.Module):
+    """Reconstruct RawData into an Image; see ``ReconConfig`` for the methods.
+
+    >>> import torch
+    >>> from mrbridge.raw.rawdata import RawData, RawHeader
+    >>> k = torch.zeros(1, 8, 8, dtype=torch.complex64); k[0, 4, 4] = 8
+    >>> h = RawHeader(encoded_matrix=(8, 8, 1), recon_matrix=(8, 8, 1))
+    >>> raw = RawData(k, header=h, labels={"kspace_encode_step_1": torch.arange(8)}, center_sample=4)
+    >>> float(Recon()(raw).data.mean())
+    1.0
+    """
+
+    def __init__(self, config: ReconConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ReconConfig()
+        c = self.config
+        self.network = build_network(c.network, features=c.network_features, depth=c.network_depth)
+
+    # ---------------------------------------------------------------- bundle io
+    def save(self, bundle_dir: str | Path) -> None:
+        """Write ``recon.json`` (the config) and ``recon.pt`` (state dict) into ``bundle_dir`` atomically."""
+        bundle = Path(bundle_dir)
+        atomic_write_text(bundle / "recon.json", self.config.model_dump_json(indent=2) + "\n")
+        with atomic_path(bundle / "recon.pt") as tmp:
+            torch.save(self.state_dict(), tmp)
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, *, map_location: str | torch.device = "cpu") -> Recon:
+        """Rebuild the Recon saved by ``save``; weights load with ``weights_only=True`` (no pickled code)."""
+        bundle = Path(bundle_dir)
+        cfg_path, pt_path = bundle / "recon.json", bundle / "recon.pt"
+        if not cfg_path.is_file():
+            raise InputError(f"{cfg_path}: missing; expected the recon config written by Recon.save")
+        try:
+            config = ReconConfig.model_validate(json.loads(cfg_path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{cfg_path}: not JSON ({e})") from e
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{cfg_path}: {field} = {first.get('input')!r}: {first['msg']}") from e
+        recon = cls(config)
+        if pt_path.is_file():
+            try:
+                state = torch.load(pt_path, map_location=map_location, weights_only=True)
+                recon.load_state_dict(state, strict=True)
+            except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+                raise InputError(f"{pt_path}: weights do not fit network={config.network!r}: {e}") from e
+        elif recon.network is not None:
+            raise InputError(f"{pt_path}: missing; network={config.network!r} needs its weights")
+        return recon
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, raw: RawData) -> Image:
+        """Reconstruct ``raw``.
+
+        Returns an Image with data (repetitions, contrasts, z, y, x): complex64 for
+        coil_combine="sensitivity", the methods cg/sense with sensitivities, or a network; real for RSS.
+        z is the second phase-encoding direction for 3-D data, else the slice index.
+        """
+        c = self.config
+        kdata = raw.kdata
+        if c.prewhiten and raw.noise is not None and raw.noise.shape[-1] > raw.coils:
+            kdata = prewhiten(kdata, raw.noise)
+        flags = raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)
+        flags = flags.to(kdata.device)
+        skip = torch.zeros_like(flags, dtype=torch.bool)
+        for bit in _SKIP:
+            skip |= _has(flags, bit)
+        calib_only = _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
+        calib = calib_only | _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+        h = raw.header
+        if c.method == "sense":
+            image = self._sense(raw, kdata, ~skip & ~calib_only, ~skip & calib)
+        elif c.method == "fft":
+            grid, _ = self._grid(raw, kdata, ~skip)
+            image = self._combine(self._crop(self._fourier(raw).H(grid), raw))  # crop first: less to combine
+        else:
+            image = self._noncartesian(raw, kdata, ~skip)
+        image = self._crop(image, raw)
+        if self.network is not None:
+            image = self.network(image)
+        nx, ny = image.shape[-1], image.shape[-2]
+        fov = (
+            h.encoded_fov[0] * nx / h.encoded_matrix[0],
+            h.encoded_fov[1] * ny / h.encoded_matrix[1],
+            h.encoded_fov[2] * (1 if h.encoded_matrix[2] > 1 else image.shape[-3]),
+        )
+        meta = {"method": c.method, "coils": raw.coils, "coil_combine": c.coil_combine, **raw.provenance}
+        return Image(data=image, fov=fov, meta=meta)
+
+    def _crop(self, image: torch.Tensor, raw: RawData) -> torch.Tensor:
+        """Remove readout (and phase) oversampling: (…, y, x) → (…, recon y, recon x) when configured."""
+        if not self.config.remove_oversampling:
+            return image
+        nx, ny, _ = raw.header.recon_matrix
+        image = _center_crop(image, -1, min(nx, image.shape[-1]))
+        return _center_crop(image, -2, min(ny, image.shape[-2]))
+
+    def _fourier(self, raw: RawData) -> FourierOp:
+        """Inverse FFT over (z, y, x) for 3-D encodings, over (y, x) for 2-D (slices stay separate)."""
+        nx, ny, nz = raw.header.encoded_matrix
+        return FourierOp((nz, ny, nx) if nz > 1 else (ny, nx))
+
+    def _layout(self, raw: RawData, keep: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int, int]]:
+        """Flat grid index of each readout's first sample, and the grid (reps, contrasts, z, y, x)."""
+        lab = {k: v.to(keep.device) for k, v in raw.labels.items()}
+        nx, ny, nz = raw.header.encoded_matrix
+        z = lab["kspace_encode_step_2"] if nz > 1 else lab["slice"]
+        n_z = nz if nz > 1 else int(z[keep].max()) + 1 if bool(keep.any()) else 1
+        y = lab["kspace_encode_step_1"]
+        rep, con = lab["repetition"], lab["contrast"]
+        n_rep = int(rep[keep].max()) + 1 if bool(keep.any()) else 1
+        n_con = int(con[keep].max()) + 1 if bool(keep.any()) else 1
+        if bool(keep.any()) and (int(y[keep].max()) >= ny or int(z[keep].max()) >= n_z):
+            raise InputError(
+                f"raw data: kspace_encode_step_1 up to {int(y[keep].max())} (matrix y = {ny}) or "
+                f"z index up to {int(z[keep].max())} (z = {n_z}); expected labels inside the encoded matrix"
+            )
+        row = (((rep * n_con + con) * n_z + z) * ny + y) * nx
+        return row, (n_rep, n_con, n_z, ny, nx)
+
+    def _grid(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-filled Cartesian k-space (coils, reps, contrasts, z, y, x) and its sampling mask (reps, …, x).
+
+        Sample s of a readout lands at x = s − center_sample + nx//2; repeated positions are averaged.
+        """
+        row, shape = self._layout(raw, keep)
+        nx = shape[-1]
+        xs = torch.arange(raw.samples, device=kdata.device) - raw.center_sample + nx // 2
+        inside = (xs >= 0) & (xs < nx)
+        idx = (row[keep][:, None] + xs[inside][None, :]).reshape(-1)
+        src = kdata[:, keep][:, :, inside].reshape(raw.coils, -1)
+        n = torch.Size(shape).numel()
+        grid = src.new_zeros(raw.coils, n).index_add(1, idx, src)
+        count = torch.bincount(idx, minlength=n)
+        if int(count.max()) > 1:
+            grid = grid / count.clamp_min(1).to(grid.real.dtype)
+        return grid.reshape(raw.coils, *shape), (count > 0).reshape(shape)
+
+    def _combine(self, coil_images: torch.Tensor, sens: torch.Tensor | None = None) -> torch.Tensor:
+        """(coils, …, z, y, x) → (…, z, y, x): RSS (real) or sensitivity-weighted (complex)."""
+        if self.config.coil_combine == "rss" and sens is None:
+            return coil_images.abs().square().sum(0).sqrt()
+        if sens is None:
+            volumes = coil_images.reshape(coil_images.shape[0], -1, *coil_images.shape[-3:]).unbind(1)
+            sens = torch.stack([self._sensitivities(v) for v in volumes], 1).reshape(coil_images.shape)
+        weight = sens.abs().square().sum(0).clamp_min(1e-12)
+        return (sens.conj() * coil_images).sum(0) / weight
+
+    def _sensitivities(self, coil_images: torch.Tensor) -> torch.Tensor:
+        """(coils, z, y, x) → (coils, z, y, x), Walsh with the configured kernel and threshold."""
+        c = self.config
+        return estimate_sensitivities(coil_images, kernel=c.sensitivity_kernel, threshold=c.sensitivity_threshold)
+
+    def _sense(self, raw: RawData, kdata: torch.Tensor, imaging: torch.Tensor, acs: torch.Tensor) -> torch.Tensor:
+        """CG-SENSE per (repetition, contrast[, slice]) with sensitivities from the ACS lines."""
+        if not bool(acs.any()):
+            raise InputError("raw data: method 'sense' needs calibration lines (ACQ_IS_PARALLEL_CALIBRATION)")
+        grid, mask = self._grid(raw, kdata, imaging)
+        acs_grid, _ = self._grid(raw, kdata, acs)
+        fourier = self._fourier(raw)
+        c = self.config
+        coils, shape = grid.shape[0], grid.shape[1:]
+        # one problem per (rep, contrast) volume (3-D) or per slice (2-D)
+        per = 3 if len(fourier.ishape) == 3 else 2
+        flat_k = grid.reshape(coils, -1, *shape[-per:])
+        flat_acs = acs_grid.reshape(coils, -1, *shape[-per:])
+        flat_mask = mask.reshape(-1, *shape[-per:])
+        out = []
+        for g in range(flat_k.shape[1]):
+            low = fourier.H(flat_acs[:, g])
+            sens = self._sensitivities(low if per == 3 else low.unsqueeze(1))
+            sens = sens if per == 3 else sens.squeeze(1)
+            coil = CoilOp(sens)
+            m = flat_mask[g].to(grid.real.dtype)
+            op: LinearOperator = fourier @ coil
+
+            def normal(x: torch.Tensor, op: LinearOperator = op, m: torch.Tensor = m) -> torch.Tensor:
+                return op.H(m * op(x)) + c.tikhonov * x
+
+            rhs = op.H(flat_k[:, g])
+            out.append(conjugate_gradient(normal, rhs, iterations=c.iterations))
+        return torch.stack(out).reshape(shape)
+
+    def _noncartesian(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Adjoint or CG for arbitrary trajectories, per (repetition, contrast, slice)."""
+        c, h = self.config, raw.header
+        nx, ny, nz = h.encoded_matrix
+        traj = raw.traj if raw.traj is not None else self._cartesian_traj(raw)
+        row, shape = self._layout(raw, keep)
+        group = row // (nx * ny) if nz == 1 else row // (nx * ny * nz)
+        groups = int(torch.Size(shape[:3]).numel() if nz == 1 else torch.Size(shape[:2]).numel())
+        images = []
+        for g in range(groups):
+            sel = keep & (group == g)
+            if not bool(sel.any()):
+                images.append(kdata.new_zeros(nz, ny, nx))
+                continue
+            y = kdata[:, sel].reshape(raw.coils, -1)
+            op = NonCartesianOp(traj[sel].reshape(-1, 3).to(kdata.device), (nz, ny, nx), h.encoded_fov)
+            coil_images = op.H(y)  # (coils, nz, ny, nx)
+            if c.method == "adjoint":
+                images.append(self._combine(coil_images[:, None])[0])
+                continue
+            if c.coil_combine == "sensitivity" and raw.coils > 1:
+                sens = self._sensitivities(coil_images)
+                a: LinearOperator = op @ CoilOp(sens)
+            else:
+                a = op
+            rhs = a.H(y)
+
+            def normal(x: torch.Tensor, a: LinearOperator = a) -> torch.Tensor:
+                return a.H(a(x)) + c.tikhonov * x
+
+            x = conjugate_gradient(normal, rhs, iterations=c.iterations)
+            images.append(x if x.dim() == 3 else self._combine(x[:, None])[0])
+        stacked = torch.stack(images)
+        return stacked.reshape(shape[0], shape[1], -1, ny, nx)
+
+    def _cartesian_traj(self, raw: RawData) -> torch.Tensor:
+        """(readouts, samples, 3) 1/m from the encoding labels: k = (index − n//2)/FOV."""
+        _, ny, nz = raw.header.encoded_matrix
+        fx, fy, fz = raw.header.encoded_fov
+        lab = raw.labels
+        kx = (torch.arange(raw.samples) - raw.center_sample) / fx
+        ky = (lab["kspace_encode_step_1"] - ny // 2) / fy
+        kz = (lab["kspace_encode_step_2"] - nz // 2) / fz if nz > 1 else torch.zeros(raw.readouts)
+        traj = torch.stack(torch.broadcast_tensors(kx[None, :], ky[:, None], kz[:, None]), -1)
+        return traj.to(raw.kdata.real.dtype)

@@ -1,0 +1,205 @@
+"""``compare``: simulated vs measured raw data through ONE Recon, into a static report folder.
+
+Writes ``<out_dir>/index.html``, its PNGs and ``metrics.json``, each file atomically; the page last, so it never
+points at a figure that is not there yet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from mrbridge.atomic import atomic_write_text
+from mrbridge.errors import InputError
+from mrbridge.raw.rawdata import RawData
+from mrbridge.raw.read import read_raw
+from mrbridge.recon.image import Image
+from mrbridge.recon.pipeline import Recon
+from mrbridge.report import figures
+from mrbridge.report.html import FileRecord, file_record, render_report, versions
+from mrbridge.report.metrics import (
+    Metrics,
+    compare_images,
+    comparison_mask,
+    data_consistency,
+    labels_on_grid,
+)
+from mrbridge.sequence.import_seq import import_seq
+from mrbridge.sequence.model import Sequence
+from mrbridge.sequence.safety import SafetyReport, check_safety
+from mrbridge.system import System
+from mrbridge.twin.phantoms import open_twin
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare` produced.
+
+    sim_image, meas_image: the two reconstructions (data (…, z, y, x)), unscaled.
+    """
+
+    out_dir: Path
+    index: Path
+    metrics_json: Path
+    figures: list[Path]
+    metrics: Metrics
+    sim_image: Image
+    meas_image: Image
+    safety: SafetyReport | None = None
+    files: list[FileRecord] = field(default_factory=list)
+
+
+def _sequence(seq_path: Path | None, bundle: Path | None) -> Sequence | None:
+    if seq_path is not None:
+        return Sequence.load(seq_path) if seq_path.suffix.lower() == ".json" else import_seq(seq_path)
+    if bundle is not None and (bundle / "sequence.json").is_file():
+        return Sequence.load(bundle / "sequence.json")
+    return None
+
+
+def _safety(seq_path: Path | None, bundle: Path | None, system: str | Path) -> tuple[SafetyReport | None, str]:
+    """The safety report of the .seq (checked now), else the bundle's ``safety.json``, else why there is none."""
+    if seq_path is not None and seq_path.suffix.lower() == ".seq":
+        return check_safety(seq_path, System.load(system)), ""
+    if bundle is not None and (bundle / "safety.json").is_file():
+        path = bundle / "safety.json"
+        try:
+            return SafetyReport.model_validate_json(path.read_text()), ""
+        except ValidationError as err:
+            raise InputError(f"{path}: not a safety report ({err.errors()[0]['msg']})") from None
+    return None, "no Pulseq .seq given (--seq) and no safety.json in the bundle"
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _trajectory(sim: RawData, meas: RawData, seq: Sequence | None) -> torch.Tensor | None:
+    for raw in (meas, sim):
+        if raw.traj is not None:
+            return raw.traj
+    if seq is not None:
+        return seq.kspace().detach().reshape(-1, seq.samples_per_readout(), 3)
+    return None
+
+
+def compare(
+    sim_path: str | Path,
+    meas_path: str | Path,
+    out_dir: str | Path,
+    *,
+    seq_path: str | Path | None = None,
+    bundle: str | Path | None = None,
+    twin_path: str | None = None,
+    system: str | Path = "generic3t",
+) -> CompareResult:
+    """Reconstruct ``sim_path`` and ``meas_path`` with the same Recon and write the comparison report.
+
+    Parameters
+    ----------
+    sim_path: simulated raw data (ISMRMRD .h5, e.g. from ``mrbridge simulate``)
+    meas_path: measured raw data, ISMRMRD .h5 or Siemens twix .dat (needs ``seq_path``, the .seq it ran)
+    out_dir: report folder (created); ``index.html``, PNGs and ``metrics.json`` are written into it
+    seq_path: the sequence (.seq: diagram and safety check on ``system``; mrbridge sequence .json: diagram)
+    bundle: run bundle whose Recon (``recon.json`` + weights) to use; default ``Recon()`` (inverse FFT, RSS).
+        Its ``sequence.json`` and ``safety.json`` are used when ``seq_path`` is not given.
+    twin_path: the twin of the simulation ("builtin:NAME" or a twin .h5); its tissue labels give ROI statistics
+    system: scanner preset name or system YAML for the safety check
+    """
+    out = Path(out_dir)
+    seq_file = Path(seq_path) if seq_path is not None else None
+    bundle_dir = Path(bundle) if bundle is not None else None
+    sim_raw = read_raw(sim_path)
+    meas_raw = read_raw(meas_path, seq_file)
+    recon = Recon.load(bundle_dir) if bundle_dir is not None else Recon()
+    recon.eval()
+    with torch.no_grad():
+        sim_image, meas_image = recon(sim_raw), recon(meas_raw)
+    if sim_image.data.shape != meas_image.data.shape:
+        raise InputError(f"{sim_path} and {meas_path}: images differ in shape (simulated "
+                         f"{tuple(sim_image.data.shape)}, measured {tuple(meas_image.data.shape)}); simulate the "
+                         "sequence that was measured (same matrix, contrasts and repetitions)")
+    sim_mag, meas_mag = sim_image.data.abs().float(), meas_image.data.abs().float()
+
+    labels, names = None, {}
+    if twin_path is not None:
+        twin = open_twin(twin_path, matrix=meas_image.matrix[0])
+        if twin.labels is not None:
+            z, y, x = meas_mag.shape[-3:]
+            labels = labels_on_grid(twin.labels, twin.fov, (z, y, x), meas_image.fov)
+            names = dict(twin.label_names)
+    metrics, scaled = compare_images(sim_mag, meas_mag, labels=labels, names=names)
+    metrics.dc_residual_sim = data_consistency(recon, sim_raw, sim_image)
+    metrics.dc_residual_meas = data_consistency(recon, meas_raw, meas_image)
+
+    seq = _sequence(seq_file, bundle_dir)
+    safety, safety_note = _safety(seq_file, bundle_dir, system)
+
+    sim_slice, meas_slice = figures.central_slice(scaled), figures.central_slice(meas_mag)
+    mask = comparison_mask(torch.from_numpy(sim_slice), torch.from_numpy(meas_slice)).numpy()
+    drawn: list[tuple[Path, str]] = [
+        (figures.image_panels(sim_slice, meas_slice, mask, out / "images.png"),
+         "simulated (× fitted scale), measured, difference and ratio (central slice, first frame)"),
+        (figures.line_profiles(sim_slice, meas_slice, out / "profiles.png"),
+         "line profiles through the image centre"),
+        (figures.signal_curves(sim_raw, meas_raw, metrics.scale, out / "kspace_centre.png"),
+         "k-space-centre signal of every readout over time"),
+    ]
+    traj = _trajectory(sim_raw, meas_raw, seq)
+    if traj is not None:
+        drawn.append((figures.trajectory(traj, out / "trajectory.png"), "k-space trajectory (measured data's)"))
+    if seq is not None:
+        drawn.append((figures.sequence_diagram(seq, out / "sequence.png"),
+                      "sequence: RF, gradients and ADC of the first repetitions with readouts; per-repetition "
+                      "flip angle and net moment"))
+
+    files = [file_record("simulated raw data", sim_path), file_record("measured raw data", meas_path)]
+    if seq_file is not None:
+        files.append(file_record("sequence", seq_file))
+    if bundle_dir is not None:
+        files += [file_record(f"bundle {p.name}", p) for p in sorted(bundle_dir.iterdir())
+                  if p.is_file() and p.name in ("recon.json", "recon.pt", "sequence.json", "safety.json")]
+    if twin_path is not None and Path(twin_path).is_file():
+        files.append(file_record("twin", twin_path))
+    raw_provenance = {"simulated": dict(sim_raw.provenance), "measured": dict(meas_raw.provenance)}
+    recon_config = recon.config.model_dump_json()
+
+    metrics_path = out / "metrics.json"
+    record = {
+        "metrics": asdict(metrics),
+        "recon": recon.config.model_dump(mode="json"),
+        "inputs": [asdict(f) for f in files],
+        "provenance": raw_provenance,
+        "versions": versions(),
+        "safety": safety.model_dump(mode="json") if safety is not None else None,
+        "images": {"shape": list(meas_image.data.shape), "fov_m": list(meas_image.fov)},
+    }
+    atomic_write_text(metrics_path, json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
+    page = render_report(
+        title=f"{Path(sim_path).name} vs {Path(meas_path).name}",
+        metrics=metrics,
+        figures=[(p.name, caption) for p, caption in drawn],
+        safety=safety,
+        safety_note=safety_note,
+        files=files,
+        raw_provenance=raw_provenance,
+        recon_config=recon_config,
+    )
+    index = out / "index.html"
+    atomic_write_text(index, page)
+    return CompareResult(out_dir=out, index=index, metrics_json=metrics_path, figures=[p for p, _ in drawn],
+                         metrics=metrics, sim_image=sim_image, meas_image=meas_image, safety=safety, files=files)
+

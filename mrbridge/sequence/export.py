@@ -1,0 +1,460 @@
+"""Export a :class:`Sequence` to Pulseq through pypulseq.
+
+How the moment model becomes hardware events (all times on the system's rasters):
+
+* Each repetition's RF becomes one RF block — a slice-selective sinc (``rf="sinc"``, slice-select trapezoid on z)
+  or a hard pulse (``rf="block"``) — whose *centre* stands where the model's instantaneous pulse stands. The
+  part of the RF block before its centre is taken from the time of the previous repetition's last event, the
+  part after it from the time of the repetition's first event.
+* Each event without ADC becomes one block holding, per axis, the minimum-time trapezoid (within max gradient
+  and slew) of its moment, starting at the block's start. The slice-select moment after the RF centre is
+  balanced inside the following event's trapezoid (the slice rephaser, merged), the moment before the centre
+  inside the preceding event's: between any two RF pulses and samples the file plays exactly the model's
+  moments, so every coherence pathway (spoiling, crushers, stimulated echoes) is the model's.
+* A run of equal ADC events (same duration Δt, same moment m) becomes one block with a constant readout gradient
+  g = m/Δt and the ADC on its flat top. Pulseq samples at delay + (i + ½)·Δt, the model at the end of event i;
+  the neighbouring events absorb the moments and times of the ramps and of that half dwell, so that k and the
+  time at every sample equal the model's.
+* An event too short for what it must hold is lengthened (``timing="extend"``, listed in the change list) or
+  refused (``timing="strict"``, :class:`ConfigError`). Durations are rounded to the block raster (listed too).
+
+The returned :class:`Sequence` carries the file's timing (times measured from the first RF centre), so that
+simulating it and running the file on the scanner agree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pypulseq as pp
+import torch
+
+from mrbridge.atomic import atomic_path
+from mrbridge.errors import ConfigError
+from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence
+from mrbridge.system import System
+
+_TOL = 1e-9  # s, timing tolerance
+_AREA_TOL = 1e-6  # 1/m, smaller moments are not played
+LABEL_NAMES = {  # ReadoutLabels field → Pulseq label
+    "kspace_encode_step_1": "LIN",
+    "kspace_encode_step_2": "PAR",
+    "average": "AVG",
+    "slice": "SLC",
+    "contrast": "ECO",
+    "phase": "PHS",
+    "repetition": "REP",
+    "set": "SET",
+    "segment": "SEG",
+}
+RF_USE = {
+    PulseUsage.EXCITATION: "excitation",
+    PulseUsage.REFOCUSING: "refocusing",
+    PulseUsage.INVERSION: "inversion",
+    PulseUsage.OTHER: "other",
+}
+
+
+@dataclass(frozen=True)
+class TimingChange:
+    """One event whose duration the exporter changed (indices into the returned Sequence)."""
+
+    repetition: int
+    event: int
+    old: float  # s
+    new: float  # s
+    reason: str
+
+    def __str__(self) -> str:
+        return (f"repetition {self.repetition} event {self.event}: {self.old * 1e3:.4f} ms → "
+                f"{self.new * 1e3:.4f} ms ({self.reason})")
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_seq` produced."""
+
+    pulseq: pp.Sequence
+    sequence: Sequence  # the input with the file's timing
+    changes: list[TimingChange] = field(default_factory=list)
+    path: Path | None = None
+
+
+def system_opts(system: System) -> pp.Opts:
+    """pypulseq ``Opts`` of a :class:`System`."""
+    return pp.Opts(
+        max_grad=system.max_grad,
+        grad_unit="Hz/m",
+        max_slew=system.max_slew,
+        slew_unit="Hz/m/s",
+        rf_dead_time=system.rf_dead_time_us * 1e-6,
+        rf_ringdown_time=system.rf_ringdown_time_us * 1e-6,
+        adc_dead_time=system.adc_dead_time_us * 1e-6,
+        rf_raster_time=system.rf_raster_us * 1e-6,
+        grad_raster_time=system.grad_raster_us * 1e-6,
+        adc_raster_time=system.adc_raster_us * 1e-6,
+        block_duration_raster=system.block_raster_us * 1e-6,
+        gamma=system.gamma_hz_per_t,
+        B0=system.b0_t,
+    )
+
+
+def _ceil(value: float, raster: float) -> float:
+    return math.ceil(value / raster - 1e-6) * raster
+
+
+def _round(value: float, raster: float) -> float:
+    return round(value / raster) * raster
+
+
+@dataclass
+class _Event:
+    """One model event in plain floats."""
+
+    time: float
+    gradm: np.ndarray  # (3,) 1/m
+    adc: bool
+    adc_phase: float
+    inserted: bool = False
+
+
+@dataclass
+class _Rep:
+    pulse: Pulse
+    angle: float
+    phase: float
+    events: list[_Event]
+    readouts: list[ReadoutLabels]
+
+
+@dataclass
+class _RfUnit:
+    blocks: list[Any]  # rf, gz
+    duration: float  # block duration
+    centre: float  # RF centre from block start
+    comp_pre: np.ndarray  # (3,) moment the previous event adds (balances the slice select before the centre)
+    comp: np.ndarray  # (3,) moment the next event adds (the slice rephaser)
+
+
+@dataclass
+class _ReadoutUnit:
+    rep: int
+    first: int
+    count: int
+    dwell: float
+    events: list[Any]  # gx, gy, gz, adc, labels
+    duration: float
+    pre: float  # block start → model start of the run
+    post: float  # last sample → block end
+    comp_pre: np.ndarray  # (3,) added to the previous event
+    comp_post: np.ndarray  # (3,) added to the next event
+
+
+def _plain(seq: Sequence) -> list[_Rep]:
+    reps = []
+    for rep in seq.detach().to(dtype=torch.float64):
+        events = [
+            _Event(float(t), np.asarray(g, dtype=float), bool(a), float(p))
+            for t, g, a, p in zip(rep.event_time.tolist(), rep.gradm.tolist(), rep.adc_usage.tolist(),
+                                  rep.adc_phase.tolist(), strict=True)
+        ]
+        reps.append(_Rep(rep.pulse, float(rep.pulse.angle), float(rep.pulse.phase), events, list(rep.readouts)))
+    return reps
+
+
+def _plays_rf(rep: _Rep) -> bool:
+    return rep.angle != 0.0 or rep.pulse.usage == PulseUsage.EXCITATION
+
+
+def _pad(reps: list[_Rep]) -> None:
+    """Give every repetition a non-ADC first and last event, to hold the RF and readout ramps."""
+    zero = np.zeros(3)
+    for rep in reps:
+        if not rep.events or rep.events[0].adc:
+            rep.events.insert(0, _Event(0.0, zero.copy(), False, 0.0, inserted=True))
+        if rep.events[-1].adc:
+            rep.events.append(_Event(0.0, zero.copy(), False, 0.0, inserted=True))
+
+
+def _trap_area_until(g: Any, t: float) -> float:
+    """Area (1/m) of trapezoid ``g`` from the block start to time ``t``."""
+    amp, t = g.amplitude, t - g.delay
+    r, f, d = g.rise_time, g.flat_time, g.fall_time
+    if t <= 0:
+        return 0.0
+    if t < r:
+        return 0.5 * amp * t * t / r
+    if t < r + f:
+        return amp * (0.5 * r + t - r)
+    if t < r + f + d:
+        u = r + f + d - t
+        return amp * (0.5 * r + f + 0.5 * d) - 0.5 * amp * u * u / d
+    return float(g.area)
+
+
+def _rf_unit(rep: _Rep, opts: pp.Opts, rf: str, rf_duration: float, tbw: float, apodization: float,
+             slice_thickness: float) -> _RfUnit:
+    angle, phase = abs(rep.angle), rep.phase + (math.pi if rep.angle < 0 else 0.0)
+    phase = math.remainder(phase, 2 * math.pi)
+    use = RF_USE[rep.pulse.usage]
+    comp, comp_pre = np.zeros(3), np.zeros(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pypulseq warns when it raises the delay to the dead time
+        if rf == "sinc":
+            pulse, gz, _ = pp.make_sinc_pulse(
+                flip_angle=angle, duration=rf_duration, time_bw_product=tbw, apodization=apodization,
+                slice_thickness=slice_thickness, phase_offset=phase, system=opts, return_gz=True, use=use)
+            events = [pulse, gz]
+        else:
+            pulse = pp.make_block_pulse(flip_angle=angle, duration=rf_duration, phase_offset=phase, system=opts,
+                                        use=use)
+            events, gz = [pulse], None
+    duration = _ceil(pp.calc_duration(*events), opts.block_duration_raster)
+    centre = pulse.delay + pp.calc_rf_center(pulse)[0]
+    if gz is not None:
+        before = _trap_area_until(gz, centre)
+        comp_pre[2] = -before
+        comp[2] = -(float(gz.area) - before)
+    return _RfUnit(events, duration, centre, comp_pre, comp)
+
+
+def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: ReadoutLabels, opts: pp.Opts,
+                  changes: list[TimingChange]) -> _ReadoutUnit:
+    events = reps[r].events[first:end]
+    n = len(events)
+    times = np.array([e.time for e in events])
+    moments = np.stack([e.gradm for e in events])
+    if np.ptp(times) > _TOL or np.abs(moments - moments[0]).max() > 1e-6 * max(1.0, np.abs(moments).max()):
+        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: an ADC run must have equal durations and "
+                          "moments (a constant readout gradient) to be exported")
+    dwell = _round(float(times[0]), opts.adc_raster_time)
+    if dwell <= 0:
+        raise ConfigError(f"repetition {r}, event {first}: ADC dwell {times[0]:.3g} s rounds to 0 on the "
+                          f"{opts.adc_raster_time * 1e6:g} µs ADC raster")
+    if abs(dwell - times[0]) > _TOL:
+        for i in range(first, end):
+            changes.append(TimingChange(r, i, float(times[0]), dwell, "ADC raster"))
+    amp = moments[0] / dwell  # Hz/m
+    worst = int(np.argmax(np.abs(amp)))
+    if abs(amp[worst]) > opts.max_grad * (1 + 1e-9):
+        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: readout gradient {amp[worst]:.4g} Hz/m on "
+                          f"{'xyz'[worst]} exceeds max_grad {opts.max_grad:.4g} Hz/m (dwell {dwell * 1e6:g} µs)")
+    graster = opts.grad_raster_time
+    played = np.abs(amp) * dwell > _AREA_TOL / max(n, 1)
+    rise = max(_ceil(float(np.abs(amp).max()) / opts.max_slew, graster), graster) if played.any() else 0.0
+    # ADC delay: past the ramp and the dead time, and (when the rasters allow) such that the model's event grid
+    # (sample i ends event i) falls on the block raster: delay ≡ dwell/2 (mod block raster).
+    least = rise + _ceil(max(0.0, opts.adc_dead_time - rise), opts.rf_raster_time)
+    braster = opts.block_duration_raster
+    aligned = dwell / 2 + math.ceil((least - dwell / 2) / braster - 1e-6) * braster
+    on_raster = abs(_round(aligned, opts.rf_raster_time) - aligned) < _TOL
+    delay = _round(aligned, opts.rf_raster_time) if on_raster else least
+    adc_phases = np.array([e.adc_phase for e in events])
+    mod = adc_phases - adc_phases[0]
+    adc = pp.make_adc(num_samples=n, dwell=dwell, delay=delay, phase_offset=float(adc_phases[0]), system=opts,
+                      phase_modulation=mod if np.abs(mod).max() > 0 else None)
+    flat = _ceil(delay - rise + n * dwell, graster)
+    comp_pre, comp_post = np.zeros(3), np.zeros(3)
+    block: list[Any] = [adc]
+    if played.any():
+        for axis in range(3):
+            if not played[axis]:
+                continue
+            g = pp.make_trapezoid(channel="xyz"[axis], amplitude=float(amp[axis]), flat_time=flat, rise_time=rise,
+                                  system=opts)
+            block.append(g)
+            comp_pre[axis] = amp[axis] * (dwell / 2 + rise / 2 - delay)
+            comp_post[axis] = -amp[axis] * (dwell / 2 + rise / 2 - delay) - float(g.area) + n * moments[0][axis]
+        duration = _ceil(2 * rise + flat, opts.block_duration_raster)
+    else:
+        duration = _ceil(delay + n * dwell + opts.adc_dead_time, opts.block_duration_raster)
+    for name, key in LABEL_NAMES.items():
+        block.append(pp.make_label(type="SET", label=key, value=int(getattr(labels, name))))
+    pre = delay - dwell / 2
+    post = duration - (delay + (n - 0.5) * dwell)
+    return _ReadoutUnit(r, first, n, dwell, block, duration, pre, post, comp_pre, comp_post)
+
+
+def _event_traps(moment: np.ndarray, opts: pp.Opts) -> tuple[list[Any], float]:
+    """Minimum-time trapezoid per axis and the time the longest needs."""
+    traps, need = [], 0.0
+    for axis in range(3):
+        if abs(moment[axis]) > _AREA_TOL:
+            g = pp.make_trapezoid(channel="xyz"[axis], area=float(moment[axis]), system=opts)
+            traps.append(g)
+            need = max(need, pp.calc_duration(g))
+    return traps, need
+
+
+def export_seq(
+    seq: Sequence,
+    system: System,
+    *,
+    rf: Literal["sinc", "block"] = "sinc",
+    rf_duration: float = 1e-3,
+    tbw: float = 4.0,
+    apodization: float = 0.5,
+    slice_thickness: float | None = None,
+    timing: Literal["extend", "strict"] = "extend",
+    path: str | Path | None = None,
+    version: Literal["1.5", "1.4"] = "1.5",
+) -> ExportResult:
+    """Turn ``seq`` into a pypulseq Sequence (and a ``.seq`` file when ``path`` is given).
+
+    Parameters
+    ----------
+    seq: the sequence (not modified).
+    system: scanner limits and rasters.
+    rf: ``"sinc"`` (slice-selective, apodised) or ``"block"`` (hard pulse) for every RF pulse.
+    rf_duration, tbw, apodization: the RF shape (s, time-bandwidth product, Hamming-type apodisation).
+    slice_thickness: m; default ``seq.info.fov[2]``.
+    timing: ``"extend"`` lengthens events that cannot hold their gradients, ``"strict"`` raises ConfigError.
+    path: write the file there (atomically); pypulseq signs it.
+    version: Pulseq file format version.
+    """
+    if timing not in ("extend", "strict"):
+        raise ConfigError(f"timing = {timing!r}, expected 'extend' or 'strict'")
+    if rf not in ("sinc", "block"):
+        raise ConfigError(f"rf = {rf!r}, expected 'sinc' or 'block'")
+    opts = system_opts(system)
+    thickness = float(slice_thickness if slice_thickness is not None else seq.info.fov[2])
+    reps = _plain(seq)
+    _pad(reps)
+    changes: list[TimingChange] = []
+
+    # ---- units in file order --------------------------------------------------------------------------
+    units: list[tuple[str, int, int, Any]] = []  # (kind, rep, event, unit)
+    for r, rep in enumerate(reps):
+        if _plays_rf(rep):
+            units.append(("rf", r, -1, _rf_unit(rep, opts, rf, rf_duration, tbw, apodization, thickness)))
+        spans = {start: end for start, end in _spans(rep)}
+        labels = iter(rep.readouts)
+        e = 0
+        while e < len(rep.events):
+            if e in spans:
+                unit = _readout_unit(reps, r, e, spans[e], next(labels), opts, changes)
+                units.append(("adc", r, e, unit))
+                e = spans[e]
+            else:
+                units.append(("gap", r, e, None))
+                e += 1
+
+    # ---- blocks -----------------------------------------------------------------------------------------
+    pseq = pp.Sequence(system=opts)
+    new_times = [[ev.time for ev in rep.events] for rep in reps]
+    comp = np.zeros(3)
+    for i, (kind, r, e, unit) in enumerate(units):
+        if kind == "rf":
+            pseq.add_block(*unit.blocks, pp.make_delay(unit.duration))
+            comp = unit.comp.copy()
+            continue
+        if kind == "adc":
+            pseq.add_block(*unit.events, pp.make_delay(unit.duration))
+            comp = unit.comp_post.copy()
+            for k in range(unit.count):
+                new_times[r][e + k] = unit.dwell
+            continue
+        event = reps[r].events[e]
+        prev = units[i - 1] if i else None
+        nxt = units[i + 1] if i + 1 < len(units) else None
+        before = 0.0
+        if prev is not None and prev[0] == "rf":
+            before = prev[3].duration - prev[3].centre
+        elif prev is not None and prev[0] == "adc":
+            before = prev[3].post
+        after, moment = 0.0, event.gradm + comp
+        if nxt is not None and nxt[0] == "rf":
+            after = nxt[3].centre
+            moment = moment + nxt[3].comp_pre
+        elif nxt is not None and nxt[0] == "adc":
+            after = nxt[3].pre
+            moment = moment + nxt[3].comp_pre
+        comp = np.zeros(3)
+        traps, need = _event_traps(moment, opts)
+        available = event.time - before - after
+        block = max(_round(available, opts.block_duration_raster), 0.0)
+        need = _ceil(need, opts.block_duration_raster)
+        reason = "block raster"
+        if need > block + _TOL:
+            if timing == "strict":
+                raise ConfigError(
+                    f"repetition {r}, event {e}: needs {(need + before + after) * 1e3:.4f} ms for its gradients, "
+                    f"RF and readout ramps, has {event.time * 1e3:.4f} ms (timing='strict'; use 'extend')")
+            block, reason = need, "extended to fit gradients"
+        if block > _TOL:
+            pseq.add_block(*traps, pp.make_delay(block))
+        new = block + before + after
+        if event.inserted:
+            changes.append(TimingChange(r, e, 0.0, new, "inserted to hold RF/readout ramps"))
+        elif abs(new - event.time) > max(_TOL, 1e-7 * event.time):  # above float32 rounding
+            changes.append(TimingChange(r, e, event.time, new, reason))
+        new_times[r][e] = new
+
+    _definitions(pseq, seq, thickness)
+    result = ExportResult(pseq, _rebuild(seq, reps, new_times), changes)
+    if path is not None:
+        result.path = Path(path)
+        write_pulseq(pseq, result.path, version=version)
+    return result
+
+
+def _spans(rep: _Rep) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for e, ev in enumerate([*rep.events, None]):
+        on = ev is not None and ev.adc
+        if on and start is None:
+            start = e
+        elif not on and start is not None:
+            spans.append((start, e))
+            start = None
+    return spans
+
+
+def _definitions(pseq: pp.Sequence, seq: Sequence, thickness: float) -> None:
+    info = seq.info
+    pseq.set_definition("Name", info.name)
+    pseq.set_definition("FOV", [info.fov[0], info.fov[1], info.fov[2]])
+    pseq.set_definition("Matrix", list(info.matrix))
+    pseq.set_definition("SliceThickness", thickness)
+    pseq.set_definition("Trajectory", info.trajectory)
+    pseq.set_definition("TE", info.te)
+    pseq.set_definition("TR", info.tr)
+    pseq.set_definition("FlipAngle", info.flip_angle_deg)
+    pseq.set_definition("Contrasts", info.contrasts)
+    pseq.set_definition("ReadoutOversamplingFactor", 1)
+    pseq.set_definition("Generator", "mrbridge")
+
+
+def _rebuild(seq: Sequence, reps: list[_Rep], times: list[list[float]]) -> Sequence:
+    dtype = seq.repetitions[0].gradm.dtype if seq.repetitions else torch.float32
+    out = []
+    for rep, t in zip(reps, times, strict=True):
+        out.append(Repetition(
+            pulse=Pulse(rep.pulse.angle.detach().clone(), rep.pulse.phase.detach().clone(), rep.pulse.usage,
+                        rep.pulse.shape),
+            event_time=torch.tensor(t, dtype=dtype),
+            gradm=torch.tensor(np.stack([e.gradm for e in rep.events]), dtype=dtype),
+            adc_usage=torch.tensor([e.adc for e in rep.events], dtype=torch.bool),
+            adc_phase=torch.tensor([e.adc_phase for e in rep.events], dtype=dtype),
+            readouts=list(rep.readouts),
+        ))
+    return Sequence(out, seq.info.model_copy(deep=True))
+
+
+def write_pulseq(pseq: pp.Sequence, path: str | Path, *, version: Literal["1.5", "1.4"] = "1.5") -> None:
+    """Write a signed ``.seq`` file atomically (Pulseq 1.5, or 1.4.1-compatible)."""
+    with atomic_path(path) as tmp:
+        target = tmp.with_name(tmp.name + ".seq")  # pypulseq appends .seq to any other suffix
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pseq.write(str(target), create_signature=True, v141_compat=version == "1.4")
+            os.replace(target, tmp)
+        finally:
+            target.unlink(missing_ok=True)

@@ -1,0 +1,73 @@
+"""Short runs: SPIN's flip angle moves toward 90°, MRzero's GRE-from-zero loss falls, the bundle reloads."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrbridge.errors import InputError
+from mrbridge.optimize.trainer import optimize
+from mrbridge.recon.pipeline import Recon
+from mrbridge.sequence.model import Sequence
+from tests.optimize.tasks import gre_from_zero, spin, t1_mapping, write
+
+
+@pytest.mark.slow
+def test_spin_flip_angle_moves_toward_90(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    summary = optimize(write(tmp_path / "spin.yaml", spin()), tmp_path / "run", progress=False)
+    angle = summary["parameters"]["flip_angle"][0]
+    assert angle > 60, f"the excitation went from 30° to {angle:.1f}°, expected toward 90°"
+    assert abs(angle - 90) < 60 - 30  # closer to 90° than the start
+    assert summary["final"]["val_loss"] < summary["initial"]["val_loss"]
+    bundle = tmp_path / "run"
+    for name in ("sequence.json", "recon.json", "recon.pt", "task.yaml", "history.csv", "summary.json",
+                 "checkpoints/last.pt", "plots/loss.png", "plots/flip_angles.png", "plots/kspace.png"):
+        assert (bundle / name).is_file(), name
+    seq = Sequence.load(bundle / "sequence.json")
+    excitations = [rep for rep in seq if rep.pulse.usage == "excitation"]
+    assert float(excitations[0].pulse.angle) == pytest.approx(angle * torch.pi / 180, rel=1e-5)
+    recon = Recon.load(bundle)
+    assert recon.network is not None and recon.config.network == "cnn"
+    rows = list(csv.DictReader((bundle / "history.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert {r["phase"] for r in rows} == {"recon", "sequence"}
+    assert json.loads((bundle / "summary.json").read_text())["steps"] == len(rows)
+
+
+def test_gre_from_zero_loss_falls(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    summary = optimize(write(tmp_path / "gre.yaml", gre_from_zero(iterations=20)), tmp_path / "run",
+                       progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < 0.5 * first
+    assert summary["final"]["val_nrmse"] < summary["initial"]["val_nrmse"]
+    assert abs(summary["parameters"]["gradm"][0]) > 0 or any(summary["parameters"]["gradm"])  # moments moved
+
+
+def test_a_used_folder_needs_resume(tmp_path: Path) -> None:
+    task = write(tmp_path / "gre.yaml", gre_from_zero(iterations=2, checkpoint_every=1))
+    optimize(task, tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match="--resume"):
+        optimize(task, tmp_path / "run", progress=False)
+    again = optimize(task, tmp_path / "run", resume=True, progress=False)  # finished: nothing left to do
+    assert again["steps"] == 2
+
+
+def test_t1_mapping_learns_inversion_times_and_an_mlp(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    summary = optimize(write(tmp_path / "t1.yaml", t1_mapping()), tmp_path / "run", progress=False)
+    tis = summary["parameters"]["ti"]
+    assert len(tis) == 3 and max(tis) > 10  # from 0.1 ms: the sequence learned to wait (≥ 1 inversion)
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])  # the MLP fits T1 (s²) on its twins
+    assert "val_t1_rel_err" in rows[-1]
+    assert (tmp_path / "run" / "mlp.pt").is_file()
+    seq = Sequence.load(tmp_path / "run" / "sequence.json")
+    inversions = [rep for rep in seq if rep.pulse.usage == "inversion"]
+    assert [float(rep.event_time[0]) * 1e3 for rep in inversions] == pytest.approx(tis, rel=1e-5)

@@ -1,0 +1,74 @@
+"""Image writers: read back with ismrmrd, nibabel and matplotlib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ismrmrd
+import matplotlib.image
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrbridge.errors import InputError
+from mrbridge.recon.image import Image
+from mrbridge.recon.image_io import write_image_mrd, write_nifti, write_png
+
+
+def example(complex_data: bool = True) -> Image:
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(2, 1, 3, 8, 6, dtype=torch.complex64, generator=gen)
+    return Image(
+        data=data if complex_data else data.abs(),
+        fov=(0.12, 0.16, 0.015),
+        position=(0.01, -0.02, 0.03),
+        read_dir=(0.0, 1.0, 0.0),
+        phase_dir=(-1.0, 0.0, 0.0),
+        slice_dir=(0.0, 0.0, 1.0),
+    )
+
+
+@pytest.mark.parametrize("complex_data", [True, False])
+def test_ismrmrd_images_round_trip(tmp_path: Path, complex_data: bool) -> None:
+    image = example(complex_data)
+    write_image_mrd(image, tmp_path / "img.h5")
+    ds = ismrmrd.Dataset(str(tmp_path / "img.h5"), "dataset", create_if_needed=False)
+    try:
+        assert ds.number_of_images("image_0") == 2
+        for i in range(2):
+            img = ds.read_image("image_0", i)
+            assert np.array_equal(img.data.reshape(3, 8, 6), image.data[i, 0].numpy())
+            assert np.allclose(img.field_of_view, (120.0, 160.0, 15.0))
+            assert np.allclose(img.position, (10.0, -20.0, 30.0))
+            assert np.allclose(img.read_dir, (0.0, 1.0, 0.0))
+            assert img.repetition == i
+    finally:
+        ds.close()
+
+
+@pytest.mark.parametrize("name", ["img.nii", "img.nii.gz"])
+def test_nifti_data_and_affine(tmp_path: Path, name: str) -> None:
+    image = example()
+    write_nifti(image, tmp_path / name)
+    nii = nib.load(tmp_path / name)
+    data = np.asarray(nii.dataobj)
+    assert data.shape == (6, 8, 3, 2)
+    assert np.allclose(data[..., 1], image.data[1, 0].abs().numpy().transpose(2, 1, 0))
+    # voxel sizes 20, 20, 5 mm; the centre voxel (3, 4, 1) sits at the position, LPS → RAS
+    assert np.allclose(nib.affines.voxel_sizes(nii.affine), (20.0, 20.0, 5.0))
+    assert np.allclose(nii.affine @ [3, 4, 1, 1], [-10.0, 20.0, 30.0, 1.0])
+    # x runs along read_dir (LPS +y → RAS −y)
+    assert np.allclose(nii.affine[:3, 0], [0.0, -20.0, 0.0])
+    with pytest.raises(InputError, match=r"\.nii"):
+        write_nifti(image, tmp_path / "img.png")
+
+
+def test_png_is_a_grayscale_montage(tmp_path: Path) -> None:
+    image = example()
+    write_png(image, tmp_path / "img.png")
+    png = matplotlib.image.imread(tmp_path / "img.png")
+    assert png.shape[:2] == (2 * 8, 3 * 6)  # 6 slices in 2 rows of 3
+    assert np.allclose(png[..., 0], png[..., 1]) and np.allclose(png[..., 0], png[..., 2])
+    assert png[..., 0].max() == pytest.approx(1.0)
+    assert list(tmp_path.iterdir()) == [tmp_path / "img.png"]  # no temp files left
