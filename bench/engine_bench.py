@@ -18,6 +18,8 @@ Error: NRMSE of each engine's signal against the reference: ``graph`` (default) 
 accuracy 1e-7 (the exact graph of the model, itself checked against the converged Bloch engine in
 tests/sim/test_graph.py); ``bloch`` is the Bloch engine with ``--spins`` (slow; converges as 1/√spins on
 spoiled sequences). The load average is printed with the table: timings on a shared machine are inflated.
+MRzero-Core runs under a memory limit of 80 % of the memory available at its start (a failure is reported,
+e.g. its 128² forward+backward, which needs about 20 GB).
 """
 
 from __future__ import annotations
@@ -98,15 +100,33 @@ def run_graph(matrix: int, accuracy: float, backward: bool, threads: int) -> dic
     return result
 
 
-def run_mrzero(matrix: int, backward: bool, args: argparse.Namespace) -> dict:
+def memory_limit() -> int:
+    """Bytes a peer process may map: 80 % of the memory available now (the machine is shared)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(0.8 * int(line.split()[1]) * 1024)
+    return 2**40
+
+
+def run_mrzero(matrix: int, backward: bool, args: argparse.Namespace) -> dict | None:
+    """MRzero-Core in its own process under a memory limit; None when it fails (out of memory)."""
     seq, twin = case(matrix)
+    limit = memory_limit()
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "case.npz", Path(tmp) / "out.npz"
         write_case(seq, twin, path)
         cmd = [str(mrzero_python()), str(DRIVER), str(path), str(out), "--threads", str(args.threads),
                "--min-emitted", str(args.min_emitted), "--min-latent", str(args.min_latent)]
-        subprocess.run([*cmd, *(["--backward"] if backward else [])], check=True, capture_output=True, text=True,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        done = subprocess.run([*cmd, *(["--backward"] if backward else [])], capture_output=True, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, preexec_fn=cap)
+        if done.returncode != 0:
+            print(f"  mrzero {matrix} {'f+b' if backward else 'fwd'} failed under a {limit / 2**30:.1f} GiB "
+                  f"memory limit: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            return None
         result = np.load(out)
         return {"seconds": float(result["seconds"]), "rss_mb": float(result["rss_mb"]), "signal": result["signal"]}
 
@@ -148,9 +168,13 @@ def main() -> None:
             peer = run_mrzero(n, backward, args)
             ours = run_graph(n, args.accuracy, backward, args.threads)
             for name, r in (("mrzero", peer), ("graph", ours)):
-                print(f"{name:>8} {n:>4} {mode:>5} {r['seconds']:>8.2f} {r['seconds'] / peer['seconds']:>6.2f} "
-                      f"{r['rss_mb']:>8.0f} {r['rss_mb'] / peer['rss_mb']:>6.2f} {nrmse(r['signal'], ref):>8.4f}",
-                      flush=True)
+                if r is None:
+                    print(f"{name:>8} {n:>4} {mode:>5} {'failed (memory)':>33}", flush=True)
+                    continue
+                t_ratio = f"{r['seconds'] / peer['seconds']:>6.2f}" if peer else f"{'-':>6}"
+                m_ratio = f"{r['rss_mb'] / peer['rss_mb']:>6.2f}" if peer else f"{'-':>6}"
+                print(f"{name:>8} {n:>4} {mode:>5} {r['seconds']:>8.2f} {t_ratio} {r['rss_mb']:>8.0f} {m_ratio} "
+                      f"{nrmse(r['signal'], ref):>8.4f}", flush=True)
         print(f"{'':>8} load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
 
 

@@ -41,7 +41,8 @@ def _run(name: str, out: Path) -> tuple[dict[str, object], list[dict[str, str]],
     start = time.perf_counter()
     summary = optimize(PROTOCOLS / name, out, progress=None)
     wall = time.perf_counter() - start
-    rows = list(csv.DictReader((out / "history.csv").open()))
+    with (out / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
     return summary, rows, wall
 
 
@@ -80,7 +81,7 @@ def sar(out: Path) -> None:
 
 
 def t1(out: Path) -> None:
-    summary, rows, wall = _run("mrzero_t1_mapping.yaml", out / "t1")
+    summary, _, wall = _run("mrzero_t1_mapping.yaml", out / "t1")
     tis = [f"{v:.0f}" for v in summary["parameters"]["ti"]]  # type: ignore[index]
     final = summary["final"]
     print(f"t1: {wall / 60:.1f} min; TI (ms) {', '.join(tis)}; T1 relative error "

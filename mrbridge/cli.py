@@ -68,12 +68,13 @@ def simulate(
     twin: Annotated[str, typer.Option(help="builtin:NAME or a twin .h5 file.")] = "builtin:brain",
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (protocols/*.yaml).")] = None,
     seq: Annotated[Path | None, typer.Option(help="A Pulseq .seq or a sequence JSON instead of a protocol.")] = None,
-    engine: Annotated[str, typer.Option(help="Simulation engine.")] = "bloch",
+    engine: Annotated[str, typer.Option(help="graph (phase graph, fast) or bloch (isochromat reference).")] = "graph",
     noise: Annotated[float, typer.Option(help="Noise σ relative to the maximum signal magnitude.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the noise and of random phantoms.")] = 0,
     coils: Annotated[int | None, typer.Option(help="Simulated receive coils (built-in twins).")] = None,
     matrix: Annotated[int | None, typer.Option(help="Matrix size (overrides the protocol's).")] = None,
-    spins: Annotated[int | None, typer.Option(help="Spins per voxel (Bloch engine).")] = None,
+    spins: Annotated[int | None, typer.Option(help="Spins per voxel (bloch engine).")] = None,
+    accuracy: Annotated[float | None, typer.Option(help="Smallest state kept, relative to M0 (graph engine).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Simulate a protocol (or sequence) on a twin and write ISMRMRD raw data."""
@@ -85,7 +86,7 @@ def simulate(
     phantom = open_twin(twin, matrix=matrix or sequence.info.matrix[0], coils=coils, seed=seed)
     with _working(f"simulating {sequence.info.name} on {twin}"):
         raw = run_simulation(sequence, phantom, engine=engine, noise=noise, seed=seed, device=_device(device),
-                             spins=spins)
+                             spins=spins, accuracy=accuracy)
     raw.provenance.update({"twin": twin, "seed": str(seed), "engine": engine})
     write_mrd(raw.to("cpu"), output)
     out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")

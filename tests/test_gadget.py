@@ -96,7 +96,7 @@ def exchange(address: tuple[str, int], header: ismrmrd.xsd.ismrmrdHeader | bytes
 def raw_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-coil GRE with a noise scan (16 × 16, 2 repetitions' worth of labels via contrasts = 1)."""
     protocol = load_protocol(REPO / "protocols" / "gre.yaml").model_copy(update={"dummies": 0})
-    raw = simulate(build(protocol, matrix=16), builtin("brain", matrix=16, coils=3), noise=0.01, seed=3, spins=4)
+    raw = simulate(build(protocol, matrix=16), builtin("brain", matrix=16, coils=3), noise=0.01, seed=3)
     path = tmp_path_factory.mktemp("gadget") / "gre.h5"
     write_mrd(raw, path)
     return path

@@ -1,0 +1,1 @@
+"""Joint sequence + reconstruction learning: task files, losses, training, data parallelism."""

@@ -122,7 +122,7 @@ class JointModel(nn.Module):
             if t.kind == "reference":
                 assert self.reference is not None
                 ref = self.reference.to(self.device)
-                signal = self.simulate(ref, [index])[0]
+                signal = self._reference_signal(index)
                 peak = float(signal.abs().max())
                 image = self._image(self.base, to_rawdata(ref, signal))
                 image = image.abs() if self.task.task.recon.magnitude else image
@@ -233,7 +233,8 @@ class JointModel(nn.Module):
         return terms
 
     def metrics(self, out: Outputs) -> dict[str, float]:
-        """Validation metrics: PSNR, SSIM, NRMSE of the images (or T1 error for quantitative tasks)."""
+        """Validation metrics: PSNR, SSIM (magnitudes), NRMSE (as compared: complex or magnitude) of the images
+        (after the least-squares scale when an image loss is scale-invariant), or the T1 error."""
         with torch.no_grad():
             if out.t1 is not None:
                 assert out.mask is not None
@@ -241,6 +242,9 @@ class JointModel(nn.Module):
                 return {"t1_mae_s": float((pred - ref).abs().mean()),
                         "t1_rel_err": float(((pred - ref).abs() / ref).mean()),
                         "nrmse": float(losses.nrmse(pred, ref))}
-            x, y = out.images.abs(), out.targets.abs()
+            images = out.images
+            if any(isinstance(s, ImageLoss) and s.scale_invariant for s in self.task.task.losses):
+                images = losses.fit_scale(images, out.targets)  # judged as the loss judges them
+            x, y = images.abs(), out.targets.abs()
             return {"psnr": float(losses.psnr(x, y)), "ssim": float(losses.ssim(x, y)),
-                    "nrmse": float(losses.nrmse(out.images, out.targets))}
+                    "nrmse": float(losses.nrmse(images, out.targets))}

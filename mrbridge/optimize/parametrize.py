@@ -64,6 +64,13 @@ class Selection:
     def __len__(self) -> int:
         return len(self.reps)
 
+    def groups(self, shared: bool | str) -> np.ndarray:
+        """(n,) index of the trainable value each entry takes: its own, the one shared value, or its
+        repetition's (``shared="repetition"``: e.g. one readout moment per readout, a constant gradient)."""
+        if shared == "repetition":
+            return np.unique(self.reps, return_inverse=True)[1].reshape(-1)
+        return np.zeros(len(self), int) if shared else np.arange(len(self))
+
     def template_values(self, seq: Sequence, spec: ParamSpec) -> np.ndarray:
         """The template's values in the key's unit: (n,) or (n, axes) for gradm."""
         if spec.name in ("flip_angle", "rf_phase"):
@@ -149,7 +156,8 @@ class SequenceParameters(nn.Module):
         self.initialize(seed)
 
     def _shape(self, i: int) -> tuple[int, ...]:
-        n = 1 if self.specs[i].shared else len(self.selections[i])
+        groups = self.selections[i].groups(self.specs[i].shared)
+        n = int(groups.max()) + 1 if len(groups) else 0
         axes = self.selections[i].axes
         return (n, len(axes)) if axes else (n,)
 
@@ -165,9 +173,13 @@ class SequenceParameters(nn.Module):
                 value = rng.uniform(lo, hi, size=shape)
             elif random_only:
                 continue
-            elif spec.init == "template":
-                value = sel.template_values(self.template, spec)
-                value = value.mean(axis=0, keepdims=True) if spec.shared else value
+            elif spec.init == "template":  # the mean over the entries that share a value
+                entries = sel.template_values(self.template, spec)
+                groups = sel.groups(spec.shared)
+                count = np.bincount(groups, minlength=shape[0]).reshape(-1, *([1] * (len(shape) - 1)))
+                value = np.zeros(shape)
+                np.add.at(value, groups, entries)
+                value = value / count
             elif spec.init == "zero":
                 value = np.zeros(shape)
             else:
@@ -195,7 +207,8 @@ class SequenceParameters(nn.Module):
         gradm = torch.cat([rep.gradm for rep in t]).to(device)
         fov = torch.tensor(t.info.fov, dtype=gradm.dtype, device=device)
         for spec, sel, raw in zip(self.specs, self.selections, self.raw, strict=True):
-            value = _forward(spec, raw).expand(len(sel), *raw.shape[1:]).to(gradm.dtype)
+            groups = torch.as_tensor(sel.groups(spec.shared), device=device)
+            value = _forward(spec, raw)[groups].to(gradm.dtype)
             if spec.name == "flip_angle":
                 angle = angle.index_put((torch.as_tensor(sel.reps, device=device),), value * (math.pi / 180))
             elif spec.name == "rf_phase":

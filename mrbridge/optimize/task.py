@@ -38,7 +38,9 @@ class _Param(_Strict):
     pulses: list[Usage] | None = Field(
         default=None, description="repetitions whose pulse has one of these usages (None: the default of the name)"
     )
-    shared: bool = Field(default=False, description="one value for every selected entry")
+    shared: bool | Literal["repetition"] = Field(
+        default=False, description="true: one value for every selected entry; repetition: one per repetition"
+    )
     init: Init = Field(default="template", description="template, zero, random (uniform in bounds) or a value")
     lr: float | None = Field(default=None, gt=0, description="learning rate (default: optimizer.lr)")
 

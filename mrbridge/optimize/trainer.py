@@ -79,15 +79,14 @@ class Trainer:
     """
 
     def __init__(self, task: ResolvedTask, out: str | Path, *, resume: bool = False, engine: str | None = None,
-                 device: str | None = None, progress: bool | None = None, dist: Dist | None = None,
-                 where: torch.device | None = None) -> None:
+                 device: torch.device | str = "cpu", progress: bool | None = None, dist: Dist | None = None) -> None:
         self.task, self.out, self.resume = task, Path(out), resume
         self.dist = dist or Dist()
         t = task.task
         seed = t.optimizer.seed
         torch.manual_seed(seed)
         self.data = TwinSet(t.data, task.protocol.matrix, task.source)
-        self.model = JointModel(task, self.data, engine=engine, device=where or torch.device(device or "cpu"))
+        self.model = JointModel(task, self.data, engine=engine, device=device)
         self.phases = phases(task)
         self.total = sum(p.steps for p in self.phases)
         self.opt_seq = torch.optim.Adam(self._groups(self.model.params.raw, t.optimizer.lr), lr=t.optimizer.lr)
@@ -131,7 +130,7 @@ class Trainer:
         self._write_history()
 
     def _load(self) -> None:
-        state = torch.load(self.out / CHECKPOINT, map_location=self.model.device, weights_only=False)
+        state = torch.load(self.out / CHECKPOINT, map_location=self.model.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.opt_seq.load_state_dict(state["opt_seq"])
         if self.opt_recon is not None:
@@ -224,8 +223,9 @@ class Trainer:
             assert self.opt_recon is not None
             self.dist.sum_gradients(self.model.recon_parameters())
             self.opt_recon.step()
-        names = sorted(terms)
-        summed = self.dist.sum(torch.tensor([float(terms[k].detach()) * share for k in names], dtype=torch.float64))
+        names = sorted({spec.kind for spec in self.task.task.losses} | {"loss"})  # the same on every process
+        summed = self.dist.sum(torch.tensor([float(terms[k].detach()) * share if k in terms else 0.0 for k in names],
+                                            dtype=torch.float64))
         row: dict[str, Any] = {"step": self.step + 1, "phase": phase.kind}
         row.update({k: float(v) for k, v in zip(names, summed, strict=True)})
         seq = seq.detach()
@@ -248,14 +248,14 @@ class Trainer:
                 values = {"loss": float(self.model.loss_terms(out)["loss"]), **self.model.metrics(out)}
                 for k, v in values.items():
                     totals[k] = totals.get(k, 0.0) + v
-        names = sorted(totals) if mine else sorted(self._metric_names())
+        names = self._metric_names()  # the same on every process, even one without validation twins
         summed = self.dist.sum(torch.tensor([totals.get(k, 0.0) for k in names], dtype=torch.float64))
         return {f"val_{k}": float(v) / len(indices) for k, v in zip(names, summed, strict=True)}
 
     def _metric_names(self) -> list[str]:
         if self.model.mlp is not None:
             return ["loss", "nrmse", "t1_mae_s", "t1_rel_err"]
-        return ["loss", "nrmse", "psnr", "ssim"]
+        return ["loss", "nrmse", "psnr", "ssim"]  # the keys of JointModel.metrics, and the loss
 
     # ---- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -350,7 +350,7 @@ def optimize(task_path: str | Path, out: str | Path, *, resume: bool = False, de
     task = load_task(task_path)
     dist, where = setup(device)
     try:
-        trainer = Trainer(task, out, resume=resume, engine=engine, progress=progress, dist=dist, where=where)
+        trainer = Trainer(task, out, resume=resume, engine=engine, device=where, progress=progress, dist=dist)
         return trainer.run()
     finally:
         teardown()

@@ -38,7 +38,14 @@ the twin) in float64 and drops every state whose largest amplitude is below ``ac
 future), and leaves out of the ADC every state whose largest possible signal (amplitude · largest sinc ·
 T2′ decay at the closest approach to the echo) is below ``accuracy``·M0/10. The main pass replays the kept
 graph on every voxel (and every twin of a batch). Amplitudes do not depend on B0, T2′, PD or coils, so the
-pre-pass is exact in them.
+pre-pass is exact in them. Signal NRMSE against the exact graph (accuracy 1e-7), builtin brain, 32×32:
+GRE 4.5 % / 0.22 % / 0.03 % at accuracy 1e-2 / 1e-3 / 1e-4; SE, TSE, bSSFP, IR-GRE ≤ 0.3 % at 1e-3.
+
+Tensor work. Per repetition the states are (states × columns) complex tensors: columns are voxels, or, when
+t1, t2 and b1 need no gradient, the distinct (T1, T2, B1+) triples of the twin (amplitudes depend on nothing
+else; 7273 voxels of the 128² brain are 1395 columns). The pulse, merging and relaxation of a repetition are
+one gather per kind of parent (each state has at most one parent of each kind) times per-column factors; the
+ADC is the matrix product above. Python loops run over repetitions and readouts only.
 
 Gradients. Everything is differentiable w.r.t. the sequence (angles, phases, durations, moments, ADC phases)
 and the twin maps (pd, t1, t2, t2dash, b0, b1, coil_sens). Where two histories merge into one state, the
@@ -392,7 +399,7 @@ def _plan(reps: list[_RepTensors], tissue: _Tissue, accuracy: float) -> list[_St
     steps = []
     for rep in reps:
         nT, nL = qT.shape[0], qL.shape[0]
-        trans, longi = _rf(F, Z, float(rep.angle) * b1, float(rep.phase))
+        trans, longi = _rf(F, Z, float(numbers(rep.angle)) * b1, float(numbers(rep.phase)))
         # transverse: merge equal keys, keep the large, the emitting ones first
         cand, cand_i = np.concatenate([qT, -qT, qL, -qL]), np.concatenate([iT, -iT, iL, -iL])
         inv, first, F_new = _merge(cand_i, trans)

@@ -21,14 +21,14 @@ ENGINES: dict[str, tuple[Callable[..., torch.Tensor], str, float]] = {
 }
 
 
-def simulate(seq: Sequence, twin: Twin, *, engine: str = "bloch", noise: float = 0.0, seed: int = 0,
+def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float = 0.0, seed: int = 0,
              device: torch.device | str | None = None, spins: int | None = None,
              field_strength_t: float = 3.0, accuracy: float | None = None) -> RawData:
     """Simulate ``seq`` on ``twin`` with ``engine`` and return the raw data a scanner would give.
 
     Parameters
     ----------
-    engine: "bloch" (isochromat reference) or "graph" (phase graph, fast); anything else is a ConfigError
+    engine: "graph" (phase graph, fast, the default) or "bloch" (isochromat reference); else a ConfigError
     noise: noise σ relative to max |signal| (see :func:`mrbridge.sim.common.to_rawdata`), seeded by ``seed``
     device: where to simulate (seq and twin are moved there); None: where the twin is
     spins: isochromats per voxel (None: the engine's default), for "bloch"
@@ -41,6 +41,9 @@ def simulate(seq: Sequence, twin: Twin, *, engine: str = "bloch", noise: float =
     if engine not in ENGINES:
         raise ConfigError(f"engine '{engine}' is unknown; expected one of: {', '.join(ENGINES)}")
     run, option, default = ENGINES[engine]
+    for name, value in (("spins", spins), ("accuracy", accuracy)):
+        if value is not None and name != option:
+            raise ConfigError(f"'{name}' is not an option of the {engine} engine (its option is '{option}')")
     if device is not None:
         seq, twin = seq.to(device), twin.to(device)
     given = spins if option == "spins" else accuracy

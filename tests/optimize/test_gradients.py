@@ -39,7 +39,7 @@ def test_image_losses_known_values() -> None:
 def test_ssim_gradcheck() -> None:
     x = torch.rand(1, 12, 12, dtype=torch.float64, requires_grad=True)
     y = torch.rand(1, 12, 12, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda a: losses.ssim(a, y), (x,))
+    assert torch.autograd.gradcheck(lambda a: losses.ssim(a, y), (x,), fast_mode=True)
 
 
 def test_hardware_penalty_is_zero_inside_the_limits() -> None:
@@ -125,3 +125,18 @@ def test_gradient_matches_finite_differences(tmp_path: Path) -> None:
             raw[index] += step
         numeric = (up - down) / (2 * step)
         assert auto == pytest.approx(numeric, rel=0.05, abs=1e-3 * abs(numeric) + 1e-7)
+
+
+def test_one_readout_moment_per_repetition() -> None:
+    """shared: repetition gives every ADC event of a readout the same moment: a constant readout gradient."""
+    template = build_template(GreProtocol(matrix=8, dummies=0))
+    spec = GradmParam(name="gradm", axes=["x", "y"], events="adc", shared="repetition", init="template")
+    params = SequenceParameters(template, [spec])
+    assert params.raw[0].shape == (8, 2)
+    with torch.no_grad():
+        params.raw[0].copy_(torch.arange(16.0).reshape(8, 2))
+    seq = params.sequence().detach()
+    for r, rep in enumerate(seq):
+        moments = rep.gradm[rep.adc_usage, :2] * seq.info.fov[0]
+        assert torch.allclose(moments, torch.tensor([2.0 * r, 2.0 * r + 1]).expand_as(moments), atol=1e-4)
+    assert SequenceParameters(template, [spec]).values()["gradm"][0].tolist() == pytest.approx([1.0, 0.0])

@@ -26,7 +26,7 @@ def _run(task: Path, out: Path) -> subprocess.Popen[bytes]:
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader((out / "history.csv").open()))
+    return list(csv.DictReader((out / "history.csv").read_text().splitlines()))
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ def test_spin_flip_angle_moves_toward_90(tmp_path: Path) -> None:
     assert float(excitations[0].pulse.angle) == pytest.approx(angle * torch.pi / 180, rel=1e-5)
     recon = Recon.load(bundle)
     assert recon.network is not None and recon.config.network == "cnn"
-    rows = list(csv.DictReader((bundle / "history.csv").open()))
+    rows = list(csv.DictReader((bundle / "history.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
     assert {r["phase"] for r in rows} == {"recon", "sequence"}
     assert json.loads((bundle / "summary.json").read_text())["steps"] == len(rows)
@@ -43,7 +43,7 @@ def test_gre_from_zero_loss_falls(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     summary = optimize(write(tmp_path / "gre.yaml", gre_from_zero(iterations=20)), tmp_path / "run",
                        progress=False)
-    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").read_text().splitlines()))
     first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
     assert last < 0.5 * first
     assert summary["final"]["val_nrmse"] < summary["initial"]["val_nrmse"]
@@ -64,10 +64,32 @@ def test_t1_mapping_learns_inversion_times_and_an_mlp(tmp_path: Path) -> None:
     summary = optimize(write(tmp_path / "t1.yaml", t1_mapping()), tmp_path / "run", progress=False)
     tis = summary["parameters"]["ti"]
     assert len(tis) == 3 and max(tis) > 10  # from 0.1 ms: the sequence learned to wait (≥ 1 inversion)
-    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").read_text().splitlines()))
     assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])  # the MLP fits T1 (s²) on its twins
     assert "val_t1_rel_err" in rows[-1]
     assert (tmp_path / "run" / "mlp.pt").is_file()
     seq = Sequence.load(tmp_path / "run" / "sequence.json")
     inversions = [rep for rep in seq if rep.pulse.usage == "inversion"]
     assert [float(rep.event_time[0]) * 1e3 for rep in inversions] == pytest.approx(tis, rel=1e-5)
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    """No validation can improve by 1e9: the run stops after patience + 1 validations, with a bundle."""
+    task = gre_from_zero(iterations=30, validate_every=2, early_stopping={"patience": 2, "min_delta": 1e9})
+    summary = optimize(write(tmp_path / "gre.yaml", task), tmp_path / "run", progress=False)
+    assert summary["stopped_early"] and summary["steps"] == 6
+    assert Sequence.load(tmp_path / "run" / "sequence.json").adc_count == 64
+
+
+def test_random_restarts_keep_the_best_trial(tmp_path: Path) -> None:
+    task = gre_from_zero(iterations=1, restarts=3, restart_steps=1, checkpoint_every=100)
+    task["parameters"][0].update(init="random", bounds_deg=[1, 40])
+    optimize(write(tmp_path / "gre.yaml", task), tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").read_text().splitlines()))
+    assert [r["phase"] for r in rows] == ["trial"] * 3 + ["joint"]
+    trials = rows[:3]
+    assert len({r["flip_angle_mean"] for r in trials}) == 3  # three different random starts
+    best = min(trials, key=lambda r: float(r["loss"]))
+    assert best is not trials[-1]  # (this seed) so continuing from the last trial would fail below
+    # the joint step starts from the best trial: its angles are one Adam step (≤ lr·(1 + ε)) away
+    assert abs(float(rows[-1]["flip_angle_mean"]) - float(best["flip_angle_mean"])) < 0.2 * 1.01

@@ -43,8 +43,8 @@ def b1_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CompareResu
         update={"dummies": 0, "tr_ms": 20000.0, "flip_angle_deg": FLIP_DEG})
     seq = build(protocol, matrix=MATRIX)
     twin = builtin("brain", matrix=MATRIX)
-    write_mrd(simulate(seq, twin, spins=16), folder / "sim.h5")
-    write_mrd(simulate(seq, replace(twin, b1=0.9 * twin.b1), spins=16), folder / "meas.h5")
+    write_mrd(simulate(seq, twin), folder / "sim.h5")
+    write_mrd(simulate(seq, replace(twin, b1=0.9 * twin.b1)), folder / "meas.h5")
     seq.save(folder / "sequence.json")
     result = compare(folder / "sim.h5", folder / "meas.h5", folder / "report", seq_path=folder / "sequence.json",
                      twin_path="builtin:brain")
@@ -99,7 +99,7 @@ def test_roi_statistics_and_numbers(b1_pair: tuple[Path, CompareResult]) -> None
     record = json.loads((folder / "report" / "metrics.json").read_text())
     assert record["metrics"]["scale"] == pytest.approx(m.scale)
     assert len(record["inputs"]) == 3 and all(len(f["sha256"]) == 64 for f in record["inputs"])
-    assert record["provenance"]["simulated"]["engine"] == "bloch" and record["provenance"]["simulated"]["seed"] == "0"
+    assert record["provenance"]["simulated"]["engine"] == "graph" and record["provenance"]["simulated"]["seed"] == "0"
     assert record["safety"] is None
     assert {p.name for p in result.figures} == {"images.png", "profiles.png", "kspace_centre.png",
                                                   "trajectory.png", "sequence.png"}
@@ -146,7 +146,7 @@ def test_page_renders_in_chromium(b1_pair: tuple[Path, CompareResult], tmp_path:
 def test_inputs_of_different_shape_are_refused(b1_pair: tuple[Path, CompareResult], tmp_path: Path) -> None:
     folder, _ = b1_pair
     protocol = load_protocol(REPO / "protocols" / "gre.yaml").model_copy(update={"dummies": 0})
-    write_mrd(simulate(build(protocol, matrix=8), builtin("brain", matrix=8), spins=1), tmp_path / "small.h5")
+    write_mrd(simulate(build(protocol, matrix=8), builtin("brain", matrix=8)), tmp_path / "small.h5")
     with pytest.raises(InputError, match="differ in shape"):
         compare(folder / "sim.h5", tmp_path / "small.h5", tmp_path / "out")
     (tmp_path / "meas.dat").write_bytes(b"twix")
@@ -160,7 +160,7 @@ def test_real_scanner_data_against_its_simulation(tmp_path: Path) -> None:
     """3T Prisma GRE (twix + .seq) vs the same .seq simulated on builtin:brain: the report renders."""
     dat = shared_data("11_from_GRE_to_EPI__01_GRE.dat")
     seq_path = dat.with_suffix(".seq")
-    sim = simulate(import_seq(seq_path), builtin("brain", matrix=64), spins=2)
+    sim = simulate(import_seq(seq_path), builtin("brain", matrix=64))
     # this .seq sets no LIN labels: take the ones read_twix derives from its trajectory (import_seq does not)
     derived = read_seq_readouts(seq_path).labels
     sim.labels = {name: torch.from_numpy(derived[name]).to(torch.int64) for name in sim.labels}

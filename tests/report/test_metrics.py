@@ -48,7 +48,7 @@ def test_data_consistency_measures_invented_detail(coils: int) -> None:
     """RSS recon: the residual is 0, and ‖b‖/‖x‖ after adding detail b the data do not hold (‖E b‖ = ‖b‖: the
     RSS maps have unit norm per voxel and the FFT is unitary)."""
     protocol = load_protocol(REPO / "protocols" / "gre.yaml").model_copy(update={"dummies": 0})
-    raw = simulate(build(protocol, matrix=16), builtin("brain", matrix=16, coils=coils), spins=4)
+    raw = simulate(build(protocol, matrix=16), builtin("brain", matrix=16, coils=coils))
     recon = Recon()
     image = recon(raw)
     exact = data_consistency(recon, raw, image)

@@ -79,7 +79,7 @@ def test_downsampled_twin_simulates_like_the_native_one() -> None:
     down = calibrate_smooth(fine, matrix=32)
     assert down.fov == native.fov and down.shape == native.shape
     decimated = calibrate_smooth({k: v[:, ::2, ::2] for k, v in fine.items()})  # no anti-aliasing: the control
-    kdata = {name: simulate(seq, twin, spins=8).kdata for name, twin in
+    kdata = {name: simulate(seq, twin).kdata for name, twin in
              (("native", native), ("down", down), ("decimated", decimated))}
     error = nrmse(kdata["down"], kdata["native"])
     assert error < 0.02, f"anti-aliased 2× twin differs by {error:.2%} NRMSE"
@@ -180,7 +180,7 @@ def test_stacked_mat_brain_slice_calibrates_simulates_and_reconstructs(tmp_path:
     small = calibrate(read_stacked(path, ["PD", "T1", "T2", "B0", "B1"]), matrix=32, voxel_mm=voxel)
     np.testing.assert_allclose(small.fov, brain.fov)
     seq = build(load_protocol("protocols/gre.yaml").model_copy(update={"dummies": 0}), matrix=32)
-    image = Recon()(simulate(seq, small, spins=8)).data.abs().reshape(32, 32)
-    reference = Recon()(simulate(seq, builtin("brain", matrix=32), spins=8)).data.abs().reshape(32, 32)
+    image = Recon()(simulate(seq, small)).data.abs().reshape(32, 32)
+    reference = Recon()(simulate(seq, builtin("brain", matrix=32))).data.abs().reshape(32, 32)
     corr = float(torch.corrcoef(torch.stack([image.flatten(), reference.flatten()]))[0, 1])
     assert corr > 0.9, f"brain image from the calibrated twin correlates {corr:.3f} with the built-in's"
