@@ -86,8 +86,13 @@ def write_nifti(image: Image, path: str | Path) -> None:
     atomic_write_bytes(path, gzip.compress(raw, mtime=0) if path.name.endswith(".gz") else raw)
 
 
+#: small images are enlarged (by whole pixels, no interpolation) to at least this many pixels across
+PNG_MIN_WIDTH = 256
+
+
 def write_png(image: Image, path: str | Path) -> None:
-    """Write the magnitude of every (frame, z) slice as a grayscale montage PNG (+y up), scaled to its max."""
+    """Write the magnitude of every (frame, z) slice as a grayscale montage PNG (+y up), scaled to its max;
+    montages narrower than PNG_MIN_WIDTH are enlarged by an integer factor (each voxel a block of pixels)."""
     frames = np.abs(_frames(image)).astype(np.float32)
     slices = frames.reshape(-1, *frames.shape[-2:])
     n = slices.shape[0]
@@ -98,6 +103,8 @@ def write_png(image: Image, path: str | Path) -> None:
     for i, s in enumerate(slices):
         r, c = divmod(i, cols)
         montage[(rows - 1 - r) * ny : (rows - r) * ny, c * nx : (c + 1) * nx] = s
+    zoom = max(1, math.ceil(PNG_MIN_WIDTH / montage.shape[1]))
+    montage = np.kron(montage, np.ones((zoom, zoom), dtype=np.float32))
     vmax = float(montage.max()) or 1.0
     buffer = io.BytesIO()
     matplotlib.image.imsave(buffer, montage, cmap="gray", vmin=0.0, vmax=vmax, origin="lower", format="png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import ismrmrd
@@ -13,7 +14,7 @@ import torch
 
 from mrbridge.errors import InputError
 from mrbridge.recon.image import Image
-from mrbridge.recon.image_io import write_image_mrd, write_nifti, write_png
+from mrbridge.recon.image_io import PNG_MIN_WIDTH, write_image_mrd, write_nifti, write_png
 
 
 def example(complex_data: bool = True) -> Image:
@@ -68,7 +69,9 @@ def test_png_is_a_grayscale_montage(tmp_path: Path) -> None:
     image = example()
     write_png(image, tmp_path / "img.png")
     png = matplotlib.image.imread(tmp_path / "img.png")
-    assert png.shape[:2] == (2 * 8, 3 * 6)  # 6 slices in 2 rows of 3
+    zoom = math.ceil(PNG_MIN_WIDTH / (3 * 6))  # small montages are enlarged by whole pixels
+    assert png.shape[:2] == (2 * 8 * zoom, 3 * 6 * zoom)  # 6 slices in 2 rows of 3
+    assert np.array_equal(png[::zoom, ::zoom], png[zoom - 1 :: zoom, zoom - 1 :: zoom])  # blocks, no interpolation
     assert np.allclose(png[..., 0], png[..., 1]) and np.allclose(png[..., 0], png[..., 2])
     assert png[..., 0].max() == pytest.approx(1.0)
     assert list(tmp_path.iterdir()) == [tmp_path / "img.png"]  # no temp files left
