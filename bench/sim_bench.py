@@ -1,7 +1,7 @@
 """Bloch simulator benchmark: forward and forward+backward time and peak memory, and the spin convergence study.
 
     .venv/bin/python bench/sim_bench.py [--device cpu|cuda] [--sizes 32 64 128] [--spins N]
-    .venv/bin/python bench/sim_bench.py --convergence [--matrix 64] [--spins-list 8 16 32 64 128 256]
+    .venv/bin/python bench/sim_bench.py --convergence [--matrix 64] [--spins-list 512 1024 2048 4096 8192]
 
 Timing (wall and process CPU seconds; threads as torch / OMP_NUM_THREADS set them) runs the GRE protocol
 (protocols/gre.yaml) on the builtin ``brain`` twin, each size and mode in its own subprocess so that the peak
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--spins", type=int, default=DEFAULT_SPINS)
     parser.add_argument("--convergence", action="store_true")
     parser.add_argument("--matrix", type=int, default=64)
-    parser.add_argument("--spins-list", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
+    parser.add_argument("--spins-list", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--backward", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

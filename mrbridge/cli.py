@@ -75,6 +75,9 @@ def simulate(
     matrix: Annotated[int | None, typer.Option(help="Matrix size (overrides the protocol's).")] = None,
     spins: Annotated[int | None, typer.Option(help="Spins per voxel (bloch engine).")] = None,
     accuracy: Annotated[float | None, typer.Option(help="Smallest state kept, relative to M0 (graph engine).")] = None,
+    slice_profile: Annotated[
+        bool, typer.Option(help="Play each .seq RF shape with its slice gradient over a z-resolved twin (bloch).")
+    ] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Simulate a protocol (or sequence) on a twin and write ISMRMRD raw data."""
@@ -84,9 +87,13 @@ def simulate(
 
     sequence = _load_sequence(protocol, seq, matrix)
     phantom = open_twin(twin, matrix=matrix or sequence.info.matrix[0], coils=coils, seed=seed)
+    if slice_profile:
+        from mrbridge.twin.zresolved import zresolved
+
+        phantom = zresolved(phantom, thickness=sequence.info.fov[2])
     with _working(f"simulating {sequence.info.name} on {twin}"):
         raw = run_simulation(sequence, phantom, engine=engine, noise=noise, seed=seed, device=_device(device),
-                             spins=spins, accuracy=accuracy)
+                             spins=spins, accuracy=accuracy, slice_profile=slice_profile)
     raw.provenance.update({"twin": twin, "seed": str(seed), "engine": engine})
     write_mrd(raw.to("cpu"), output)
     out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")

@@ -47,10 +47,6 @@ class Dist:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
 
 def setup(device: str | None = None) -> tuple[Dist, torch.device]:
     """Join the torchrun process group when launched by torchrun; returns (Dist, this process's device).

@@ -3,7 +3,8 @@
 * Every RF pulse becomes an instantaneous pulse at its centre (``calc_rf_center``); its angle is 2π·|∫ B1 dt|
   (Hz·s) of the shape and its phase the pulse's phase offset plus the phase of that integral. Its usage is the
   file's ``use`` when given, otherwise inferred: below 100° excitation; larger pulses refocus, unless the next
-  pulse is an excitation with no ADC in between (then inversion).
+  pulse is an excitation with no ADC in between (then inversion). Its :class:`PulseWaveform` keeps the shape as
+  played (resampled on the RF raster, at most ``MAX_WAVEFORM_SAMPLES`` samples) and the z gradient during it.
 * Every ADC sample at t = block start + delay + (i + ½)·dwell ends an ADC event of one dwell (shorter only when
   a landmark is closer); a non-ADC event fills the time up to each readout's first event and to the next RF.
 * Each event's moment is the integral of the gradient waveforms over its interval, so k at every sample equals
@@ -31,6 +32,7 @@ from mrbridge.sequence.model import (
     Pulse,
     PulseShape,
     PulseUsage,
+    PulseWaveform,
     ReadoutLabels,
     Repetition,
     Sequence,
@@ -39,6 +41,7 @@ from mrbridge.sequence.model import (
 
 SUPPORTED_VERSIONS = ((1, 4), (1, 5))
 UNUSED_AXIS_MOMENT = 0.01  # 1/m: 10⁻⁵ cycles across a 1-mm voxel
+MAX_WAVEFORM_SAMPLES = 1000  # longer pulses are resampled coarser than the RF raster
 _USES = {
     "excitation": PulseUsage.EXCITATION,
     "refocusing": PulseUsage.REFOCUSING,
@@ -177,6 +180,7 @@ def _convert(pseq: pp.Sequence, path: Path, dtype: torch.dtype) -> Sequence:
                 signal = np.abs(np.asarray(rf.signal))
                 rf_cache[rf_id] = {
                     "centre": rf.delay + pp.calc_rf_center(rf)[0],
+                    "rf": rf,
                     "angle": 2 * math.pi * abs(integral),
                     "phase": rf.phase_offset + (float(np.angle(integral)) if integral != 0 else 0.0),
                     "use": getattr(rf, "use", "undefined"),
@@ -197,10 +201,16 @@ def _convert(pseq: pp.Sequence, path: Path, dtype: torch.dtype) -> Sequence:
             adcs.append((start + offsets, phases, dwell))
     if not pulses and not adcs:
         raise InputError(f"{path}: no RF pulse and no ADC; nothing to simulate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        polys = pseq.get_gradients()
+    for pulse in pulses:
+        pulse["waveform"] = _waveform(pulse["rf"], pulse["time"] - pulse["centre"], polys[2],
+                                      float(pseq.system.rf_raster_time))
     _infer_usage(pulses, adcs)
     if not pulses or (adcs and adcs[0][0][0] < pulses[0]["time"]):
         pulses.insert(0, {"time": 0.0, "angle": 0.0, "phase": 0.0, "usage": PulseUsage.OTHER,
-                          "shape": PulseShape(), "block": 0})
+                          "shape": PulseShape(), "block": 0, "waveform": None})
     labels = _labels(pseq, len(adcs))
     # ---- event boundaries per repetition --------------------------------------------------------------
     bounds: list[np.ndarray] = []
@@ -232,7 +242,7 @@ def _convert(pseq: pp.Sequence, path: Path, dtype: torch.dtype) -> Sequence:
         flags.append(np.asarray(f))
         phase_lists.append(np.asarray(ph))
         rep_labels.append(labs)
-    moments = _moments(pseq, np.concatenate(bounds), total)
+    moments = _moments(polys, np.concatenate(bounds))
     steps, offset = [], 0
     for r in range(len(pulses)):
         steps.append(np.diff(moments[offset:offset + len(bounds[r])], axis=0))
@@ -248,7 +258,7 @@ def _convert(pseq: pp.Sequence, path: Path, dtype: torch.dtype) -> Sequence:
         reps.append(Repetition(
             pulse=Pulse(torch.tensor(pulse["angle"], dtype=dtype),
                         torch.tensor(math.remainder(pulse["phase"], 2 * math.pi), dtype=dtype),
-                        pulse["usage"], pulse["shape"]),
+                        pulse["usage"], pulse["shape"], pulse["waveform"]),
             event_time=torch.tensor(np.diff(bounds[r]), dtype=dtype),
             gradm=torch.tensor(m, dtype=dtype),
             adc_usage=torch.tensor(flags[r], dtype=torch.bool),
@@ -272,12 +282,30 @@ def _infer_usage(pulses: list[dict[str, Any]], adcs: list[tuple[np.ndarray, np.n
             p["usage"] = PulseUsage.INVERSION if no_adc and small_next else PulseUsage.REFOCUSING
 
 
-def _moments(pseq: pp.Sequence, times: np.ndarray, total: float) -> np.ndarray:
+def _waveform(rf: Any, start: float, poly_z: Any, raster: float) -> PulseWaveform:
+    """The RF shape (phase offset included) and the z gradient, piecewise constant on a uniform grid.
+
+    ``start``: s, the sequence time at which the RF event (its delay included) starts; ``poly_z``: the z gradient
+    as a piecewise polynomial of the sequence time (None: no z gradient).
+    """
+    t, signal = np.asarray(rf.t, dtype=float), np.asarray(rf.signal, dtype=complex)
+    duration = float(rf.shape_dur)
+    n = max(1, min(round(duration / raster), MAX_WAVEFORM_SAMPLES))
+    dt = duration / n
+    mid = (np.arange(n) + 0.5) * dt
+    b1 = (np.interp(mid, t, signal.real) + 1j * np.interp(mid, t, signal.imag)) * np.exp(1j * rf.phase_offset)
+    gz = np.zeros(n)
+    if poly_z is not None:
+        times = start + rf.delay + mid
+        inside = (times >= poly_z.x[0]) & (times <= poly_z.x[-1])
+        gz[inside] = poly_z(times[inside])
+    return PulseWaveform(dt, torch.tensor(b1, dtype=torch.complex64), torch.tensor(gz, dtype=torch.float32),
+                         min(max(float(pp.calc_rf_center(rf)[0]), 0.0), n * dt))
+
+
+def _moments(polys: list[Any], times: np.ndarray) -> np.ndarray:
     """∫₀ᵗ gradient dt per axis at ``times``. Returns (len(times), 3) 1/m."""
     out = np.zeros((len(times), 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        polys = pseq.get_gradients()
     for axis, poly in enumerate(polys[:3]):
         if poly is None:
             continue

@@ -85,17 +85,56 @@ class SequenceInfo(BaseModel):
 
 
 @dataclass
+class PulseWaveform:
+    """The RF pulse as played (for slice-profile simulation), piecewise constant on a uniform grid.
+
+    dt: float      # s, sample spacing; sample i covers [i·dt, (i+1)·dt) from the pulse start
+    b1: Tensor     # (n,) complex64 Hz (Pulseq RF units), the RF field including the pulse's phase offset
+    gz: Tensor     # (n,) Hz/m, slice (z) gradient during each sample
+    centre: float  # s from the pulse start: the time of the instantaneous pulse
+    """
+
+    dt: float
+    b1: torch.Tensor
+    gz: torch.Tensor
+    centre: float
+
+    def __post_init__(self) -> None:
+        n = self.b1.shape[0]
+        if self.b1.dim() != 1 or self.gz.shape != (n,) or n == 0:
+            raise ValueError(f"waveform b1 and gz must both be (n,) with n > 0, got {tuple(self.b1.shape)} "
+                             f"and {tuple(self.gz.shape)}")
+        if not (self.dt > 0 and 0 <= self.centre <= n * self.dt):
+            raise ValueError(f"waveform dt = {self.dt} must be > 0 and centre = {self.centre} within the pulse")
+
+    def to(self, device: torch.device | str | None = None) -> PulseWaveform:
+        return PulseWaveform(self.dt, self.b1.to(device), self.gz.to(device), self.centre)
+
+    def to_dict(self) -> dict[str, Any]:
+        b1 = self.b1.detach().cpu()
+        return {"dt": self.dt, "centre": self.centre, "b1_real": b1.real.tolist(), "b1_imag": b1.imag.tolist(),
+                "gz": self.gz.detach().cpu().tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PulseWaveform:
+        b1 = torch.complex(_tensor(data["b1_real"], torch.float32), _tensor(data["b1_imag"], torch.float32))
+        return cls(float(data["dt"]), b1, _tensor(data["gz"], torch.float32), float(data["centre"]))
+
+
+@dataclass
 class Pulse:
     """An instantaneous RF rotation.
 
     angle: Tensor  # () rad, nominal flip angle (scaled by B1+ in simulation)
     phase: Tensor  # () rad
+    waveform: the pulse as played, when known (imported files); used only by slice-profile simulation
     """
 
     angle: torch.Tensor
     phase: torch.Tensor
     usage: PulseUsage = PulseUsage.EXCITATION
     shape: PulseShape = field(default_factory=PulseShape)
+    waveform: PulseWaveform | None = None
 
 
 @dataclass
@@ -231,7 +270,8 @@ class Sequence:
 
         reps = [
             Repetition(
-                pulse=Pulse(move(rep.pulse.angle), move(rep.pulse.phase), rep.pulse.usage, rep.pulse.shape),
+                pulse=Pulse(move(rep.pulse.angle), move(rep.pulse.phase), rep.pulse.usage, rep.pulse.shape,
+                            None if rep.pulse.waveform is None else rep.pulse.waveform.to(device)),
                 event_time=move(rep.event_time),
                 gradm=move(rep.gradm),
                 adc_usage=rep.adc_usage.to(device=device),
@@ -247,7 +287,7 @@ class Sequence:
         reps = [
             Repetition(
                 pulse=Pulse(rep.pulse.angle.detach().clone(), rep.pulse.phase.detach().clone(),
-                            rep.pulse.usage, rep.pulse.shape),
+                            rep.pulse.usage, rep.pulse.shape, rep.pulse.waveform),
                 event_time=rep.event_time.detach().clone(),
                 gradm=rep.gradm.detach().clone(),
                 adc_usage=rep.adc_usage.clone(),
@@ -274,6 +314,7 @@ class Sequence:
                         "phase": rep.pulse.phase.item(),
                         "usage": rep.pulse.usage.value,
                         "shape": rep.pulse.shape.model_dump(),
+                        **({} if rep.pulse.waveform is None else {"waveform": rep.pulse.waveform.to_dict()}),
                     },
                     "event_time": rep.event_time.tolist(),
                     "gradm": rep.gradm.tolist(),
@@ -301,6 +342,8 @@ class Sequence:
                         phase=_tensor(r["pulse"]["phase"], dtype),
                         usage=PulseUsage(r["pulse"]["usage"]),
                         shape=PulseShape(**r["pulse"].get("shape", {})),
+                        waveform=(PulseWaveform.from_dict(r["pulse"]["waveform"]) if "waveform" in r["pulse"]
+                                  else None),
                     )
                     n = len(r["event_time"])
                     reps.append(

@@ -15,8 +15,10 @@ position cells and off-resonance levels (:func:`spin_grid`, :func:`spin_pattern`
   spins.) Split of the budget: with a spoiled axis ``OFFRES_LEVELS`` = 8 levels — every echo of a sequence
   of identical spoiled TRs has dephased for τ = TE ± the readout, τ/T2′ ≲ 0.05 for brain tissue, where 8
   levels give e^{−|τ|/T2′} within 1.1 % (7 % up to τ = 0.3 T2′) — and the cells the rest: spoiled coherences
-  reach (spoiler cycles per voxel) × (repetitions) cycles and cancel only over more cells than that; without
-  a spoiled axis (an FID, a balanced sequence) the levels take the whole budget left by the cells.
+  reach (spoiler cycles per voxel) × (repetitions) cycles and cancel only over more cells than that (small
+  budgets spend on cells first: with a spoiled and a phase-encoded axis, below 1024 spins T2′ has no levels
+  and no effect); without a spoiled axis (an FID, a balanced sequence) the levels take the whole budget
+  left by the cells.
 
 Physics per repetition (the time model of :mod:`mrbridge.sequence.model`): an instantaneous RF rotation of
 angle α·B1+ and phase φ, then free evolution. Between two pulses nothing but the events' durations and moments
@@ -36,24 +38,30 @@ the direct exponentials.
 Memory: √n checkpointing (:func:`torch.utils.checkpoint.checkpoint`): the n repetitions run in segments of
 ⌊√n⌋, each segment checkpointed and each repetition (and each chunk of directly computed samples)
 checkpointed inside it, so the backward pass does not keep every event's state. Measured peak RSS of
-forward+backward is still several kB per spin (``bench/sim_bench.py``), more than the ~2√n states alone.
+forward+backward is still several kB per spin (``bench/sim_bench.py``), more than the ~2√n states alone;
+about half of it is freed memory that glibc's heap keeps: with ``MALLOC_MMAP_THRESHOLD_=131072`` in the
+environment the 64² GRE at 64 spins peaks at 481 MB instead of 1078 MB (at twice the CPU time).
 
 Convergence (``DEFAULT_SPINS``): NRMSE between the signals with S and with 2S spins per voxel, builtin
-``brain`` twin (B0, B1, T2′ maps; CSF T2 ≈ 0.5 s) at 32×32, protocols/gre.yaml (100 dummies, 117° RF
-spoiling, 2 cycles/voxel x spoiler) and protocols/tse.yaml (``bench/sim_bench.py --convergence --matrix 32``)::
+``brain`` twin (B0, B1, T2′ 0.26–0.29 s; CSF T2 ≈ 0.5 s) at 32×32, protocols/gre.yaml (100 dummies, 117° RF
+spoiling, 2 cycles/voxel x spoiler) and protocols/tse.yaml (``bench/sim_bench.py --convergence --matrix 32``;
+layout of the GRE as (x cells, y cells, levels))::
 
-    spins S    gre (S → 2S)   tse (S → 2S)
-         64        31.5 %         0.43 %
-        128        30.3 %         0.24 %
-        256        19.4 %         0.15 %
-        512         6.8 %         0.13 %
-       1024         2.2 %         0.09 %
-       2048         1.3 %            –
+    spins S    gre layout      gre (S → 2S)   tse (S → 2S)
+        512    (128, 4, 1)       18.4 %          0.01 %
+       1024    (64, 4, 4)        18.6 %          0.00 %
+       2048    (128, 4, 4)        0.50 %         0.03 %
+       4096    (128, 4, 8)        5.9 %          0.01 %
+       8192    (256, 4, 8)        0.57 %         0.11 %
+      16384    (512, 4, 8)        0.01 %            –     (32768 run for the GRE only)
 
-TSE converges (< 0.5 %) from 64 spins; the spoiled GRE does not reach 0.5 % within 4096: its spoiled
-coherences reach hundreds of cycles per voxel over the dummies, which an isochromat grid resolves only with
-that many cells along the spoiler axis. ``DEFAULT_SPINS`` = 1024 (GRE 2 %, TSE 0.1 %); for gradients in
-an optimisation loop pass fewer spins (memory and time scale with voxels × spins).
+A doubling adds either levels (2048 → 4096: 4 → 8, 0.5 %) or cells. TSE converges from 512 spins. The spoiled
+GRE needs more x cells than the cycles its spoiled coherences reach, 2 × 132 repetitions = 264 here (2 × 164
+at 64², 2 × 228 at 128²): from 16384 spins (512 cells) the spoiling is exact. ``DEFAULT_SPINS`` = 8192 is the
+compromise (GRE 0.6 %, TSE 0.1 %; 16384 doubles time and memory); the 8 levels leave a bias of ≈ 1 % of the
+signal at τ/T2′ ≈ 0.02 that doubling S does not show (see :func:`lorentzian_levels`). Forward pass with
+8192 spins, one CPU thread: GRE 32² 37 s, 64² TIME64. For gradients in an optimisation loop pass fewer spins
+(memory and time scale with voxels × spins).
 """
 
 from __future__ import annotations
@@ -65,11 +73,12 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mrbridge.sequence.model import Repetition, Sequence
+from mrbridge.sequence.model import Pulse, Repetition, Sequence
+from mrbridge.sim.slice_profile import cayley_klein, rotate
 from mrbridge.twin.twin import Twin
 
 #: isochromats per voxel, from the convergence study above
-DEFAULT_SPINS = 1024
+DEFAULT_SPINS = 8192
 
 #: complex elements of one chunk of (samples × spins) phase factors
 CHUNK_ELEMENTS = 1 << 22
@@ -85,6 +94,9 @@ MIN_POWER_RUN = 4
 
 #: samples per matrix product in a readout computed by powers
 POWER_CHUNK = 16
+
+#: z cells per voxel at least, with slice_profile
+PROFILE_Z_CELLS = 4
 
 
 class SpinLayout(NamedTuple):
@@ -103,8 +115,9 @@ def spin_grid(seq: Sequence, voxel_size: tuple[float, float, float], spins: int,
     An axis the sequence never dephases gets 1 cell; an axis dephased by at most one cycle per voxel
     (cumulative moment × voxel size, e.g. phase encoding that is rewound) ``FRACTIONAL_SPINS``; the spoiled
     axes (dephased by more) share the rest evenly. ``dephasing`` (T2′ finite somewhere): with a spoiled axis,
-    ``OFFRES_LEVELS`` levels in every cell, fewer for small budgets (the spoiled cells keep at least 16 per
-    level; fewer than 4 levels: none, 1); without one, the levels take the whole budget left by the cells.
+    ``OFFRES_LEVELS`` levels in every cell, fewer for small budgets (a power of two, the spoiled cells keep
+    at least 16 per level; fewer than 4 levels: none, 1); without one, the levels take the whole budget left
+    by the cells.
     """
     moments = torch.cat([rep.gradm.detach().to("cpu", torch.float64) for rep in seq.repetitions])
     cycles = (torch.cumsum(moments, dim=0).abs().amax(dim=0) * torch.tensor(voxel_size)).tolist()
@@ -115,7 +128,7 @@ def spin_grid(seq: Sequence, voxel_size: tuple[float, float, float], spins: int,
     fractional = math.prod(g for g in grid if g)
     levels = 1
     if dephasing and wide:  # spoiling first: at least 16 spoiled cells per level, no fewer than 4 levels
-        levels = min(OFFRES_LEVELS, math.isqrt(spins // fractional) // 4)
+        levels = 1 << (max(1, min(OFFRES_LEVELS, math.isqrt(spins // fractional) // 4)).bit_length() - 1)
         levels = levels if levels >= 4 else 1
     elif dephasing:
         levels = max(1, spins // fractional)
@@ -182,7 +195,8 @@ def _cells(counts: list[int]) -> torch.Tensor:
     return torch.stack([x, y, z], dim=-1).reshape(-1, 3)
 
 
-def simulate_bloch(seq: Sequence, twin: Twin, *, spins: int = DEFAULT_SPINS) -> torch.Tensor:
+def simulate_bloch(seq: Sequence, twin: Twin, *, spins: int = DEFAULT_SPINS,
+                   slice_profile: bool = False) -> torch.Tensor:
     """Noise-free signal of every coil at every ADC sample.
 
     Runs on the twin's device, in float64 when any sequence tensor or tissue map is float64 (else float32).
@@ -194,6 +208,7 @@ def simulate_bloch(seq: Sequence, twin: Twin, *, spins: int = DEFAULT_SPINS) -> 
     seq: the sequence (its tensors are moved to the twin's device)
     twin: the object; only voxels with pd > 0 are simulated
     spins: isochromats per voxel
+    slice_profile: apply pulses with a waveform as their per-z rotation (module docstring)
 
     Returns
     -------
@@ -213,13 +228,22 @@ def simulate_bloch(seq: Sequence, twin: Twin, *, spins: int = DEFAULT_SPINS) -> 
     voxel = twin.voxel_size.tolist()
     dephasing = bool(torch.isfinite(twin.t2dash.detach()[twin.pd.detach() > 0]).any())
     layout = spin_grid(seq, (voxel[0], voxel[1], voxel[2]), spins, dephasing=dephasing)
+    if slice_profile and layout.grid[2] < PROFILE_Z_CELLS:  # more z cells, the other axes share the rest
+        budget = max(1, spins * layout.grid[2] // PROFILE_Z_CELLS)
+        layout = spin_grid(seq, (voxel[0], voxel[1], voxel[2]), budget, dephasing=dephasing)
+        layout = SpinLayout((layout.grid[0], layout.grid[1], PROFILE_Z_CELLS), layout.levels)
     tissue = _Tissue(twin, layout, dtype, cdtype)
     mp = torch.zeros(tissue.spins_shape, dtype=cdtype, device=device)
     mz = torch.ones(tissue.spins_shape, dtype=dtype, device=device)
-    params = [tuple(t.to(device=device, dtype=dtype) for t in
-                    (rep.pulse.angle, rep.pulse.phase, rep.event_time, rep.gradm, rep.adc_phase))
-              for rep in seq.repetitions]
+    # per repetition: angle, phase, event_time, gradm, adc_phase and, with slice_profile, the pulse's rotation
+    params: list[tuple[Any, ...]] = [tuple(t.to(device=device, dtype=dtype) for t in
+                                           (rep.pulse.angle, rep.pulse.phase, rep.event_time, rep.gradm,
+                                            rep.adc_phase))
+                                     for rep in seq.repetitions]
     plans = [_readout_plan(rep) for rep in seq.repetitions]
+    if slice_profile:
+        operators = _Operators(tissue)
+        params = [(*args, operators(rep.pulse)) for args, rep in zip(params, seq.repetitions, strict=True)]
     # √n checkpointing: segments of ~√n repetitions, each repetition checkpointed inside its segment
     size = max(1, math.isqrt(len(params)))
     signals = []
@@ -230,7 +254,7 @@ def simulate_bloch(seq: Sequence, twin: Twin, *, spins: int = DEFAULT_SPINS) -> 
     return torch.cat(signals, dim=1)
 
 
-def _segment(tissue: _Tissue, plans: list[list[tuple[int, int, bool]]], params: list[tuple[torch.Tensor, ...]],
+def _segment(tissue: _Tissue, plans: list[list[tuple[int, int, bool]]], params: list[tuple[Any, ...]],
              mp: torch.Tensor, mz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Consecutive repetitions; returns the final (mp, mz) and their signals (C, adc)."""
     signals = []
@@ -238,6 +262,40 @@ def _segment(tissue: _Tissue, plans: list[list[tuple[int, int, bool]]], params: 
         mp, mz, sig = _maybe_checkpoint(_repetition, tissue, plan, mp, mz, *args)
         signals.append(sig)
     return mp, mz, torch.cat(signals, dim=1)
+
+
+class _Operators:
+    """Per-spin Cayley–Klein rotation (α, β) (V, S) of each pulse waveform turned to phase 0 (the phase of its
+    integral) and scaled to the pulse's angle, or None without waveform; computed once per distinct
+    (normalised shape, slice gradient, angle) and per distinct (z, B1+) of the spins."""
+
+    def __init__(self, tissue: _Tissue) -> None:
+        z = tissue.r[:, 2].detach().to(torch.float64)
+        b1 = tissue.b1.detach().to(torch.float64).expand(tissue.spins_shape).reshape(-1)
+        self.points, self.inverse = torch.unique(torch.stack([z, b1], dim=1), dim=0, return_inverse=True)
+        self.shape, self.cdtype = tissue.spins_shape, tissue.rate_t.dtype
+        self.cache: dict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, pulse: Pulse) -> tuple[torch.Tensor, torch.Tensor] | None:
+        wave = pulse.waveform
+        if wave is None:
+            return None
+        b1 = wave.b1.detach().to("cpu", torch.complex128)
+        area = complex(b1.sum()) * wave.dt
+        if area == 0:
+            return None
+        ref = math.atan2(area.imag, area.real)
+        shape = (b1 * complex(math.cos(ref), -math.sin(ref)) / b1.abs().max()).numpy().round(4) + 0.0
+        gz = wave.gz.detach().to("cpu", torch.float64).numpy().round(3) + 0.0
+        angle = float(pulse.angle.detach())
+        key = (wave.dt, wave.centre, angle, shape.tobytes(), gz.tobytes())
+        if key not in self.cache:
+            rotated = type(wave)(wave.dt, b1 * complex(math.cos(ref), -math.sin(ref)), wave.gz, wave.centre)
+            scale = angle / (2 * math.pi * abs(area)) * self.points[:, 1]
+            alpha, beta = cayley_klein(rotated, self.points[:, 0], scale)
+            self.cache[key] = tuple(x[self.inverse].reshape(self.shape).to(self.cdtype)  # type: ignore[assignment]
+                                    for x in (alpha, beta))
+        return self.cache[key]
 
 
 def _readout_plan(rep: Repetition) -> list[tuple[int, int, bool]]:
@@ -294,12 +352,17 @@ class _Tissue:
 
 def _repetition(tissue: _Tissue, plan: list[tuple[int, int, bool]], mp: torch.Tensor, mz: torch.Tensor,
                 angle: torch.Tensor, phase: torch.Tensor, event_time: torch.Tensor, gradm: torch.Tensor,
-                adc_phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                adc_phase: torch.Tensor, profile: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One repetition: RF rotation, ADC samples, free evolution to its end.
 
-    mp: (V, S) complex transverse, mz: (V, S) longitudinal (M0 = 1). Returns (mp, mz, signal (C, adc)).
+    mp: (V, S) complex transverse, mz: (V, S) longitudinal (M0 = 1); profile: the pulse's per-spin rotation
+    (α, β) (V, S) at phase 0, which replaces the instantaneous one. Returns (mp, mz, signal (C, adc)).
     """
-    mp, mz = _rf(mp, mz, angle * tissue.b1, phase)
+    if profile is None:
+        mp, mz = _rf(mp, mz, angle * tissue.b1, phase)
+    else:  # the RF phase φ turns β into β·e^{iφ}
+        mp, mz = rotate(profile[0], profile[1] * torch.polar(torch.ones_like(phase), phase), mp, mz)
     coils = tissue.weight.shape[0]
     if event_time.shape[0] == 0:
         return mp, mz, mp.new_zeros((coils, 0))

@@ -23,7 +23,7 @@ ENGINES: dict[str, tuple[Callable[..., torch.Tensor], str, float]] = {
 
 def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float = 0.0, seed: int = 0,
              device: torch.device | str | None = None, spins: int | None = None,
-             field_strength_t: float = 3.0, accuracy: float | None = None) -> RawData:
+             field_strength_t: float = 3.0, accuracy: float | None = None, slice_profile: bool = False) -> RawData:
     """Simulate ``seq`` on ``twin`` with ``engine`` and return the raw data a scanner would give.
 
     Parameters
@@ -33,6 +33,8 @@ def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float =
     device: where to simulate (seq and twin are moved there); None: where the twin is
     spins: isochromats per voxel (None: the engine's default), for "bloch"
     accuracy: smallest state kept, relative to M0 (None: the engine's default), for "graph"
+    slice_profile: simulate each pulse's waveform over z (:mod:`mrbridge.sim.slice_profile`), "bloch" only; give a
+        z-resolved twin (:func:`mrbridge.twin.zresolved.zresolved`)
 
     Returns
     -------
@@ -44,11 +46,14 @@ def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float =
     for name, value in (("spins", spins), ("accuracy", accuracy)):
         if value is not None and name != option:
             raise ConfigError(f"'{name}' is not an option of the {engine} engine (its option is '{option}')")
+    if slice_profile and engine != "bloch":
+        raise ConfigError(f"slice_profile is an option of the bloch engine only, not of the {engine} engine")
     if device is not None:
         seq, twin = seq.to(device), twin.to(device)
     given = spins if option == "spins" else accuracy
     value = default if given is None else given
-    signal = run(seq, twin, **{option: value})
+    extra = {"slice_profile": True} if slice_profile else {}
+    signal = run(seq, twin, **{option: value}, **extra)
     raw = to_rawdata(seq, signal, noise=noise, seed=seed, field_strength_t=field_strength_t)
-    raw.provenance.update(engine=engine, **{option: str(value)})
+    raw.provenance.update(engine=engine, **{option: str(value)}, **{k: str(v) for k, v in extra.items()})
     return raw
