@@ -57,11 +57,12 @@ layout of the GRE as (x cells, y cells, levels))::
 
 A doubling adds either levels (2048 → 4096: 4 → 8, 0.5 %) or cells. TSE converges from 512 spins. The spoiled
 GRE needs more x cells than the cycles its spoiled coherences reach, 2 × 132 repetitions = 264 here (2 × 164
-at 64², 2 × 228 at 128²): from 16384 spins (512 cells) the spoiling is exact. ``DEFAULT_SPINS`` = 8192 is the
-compromise (GRE 0.6 %, TSE 0.1 %; 16384 doubles time and memory); the 8 levels leave a bias of ≈ 1 % of the
-signal at τ/T2′ ≈ 0.02 that doubling S does not show (see :func:`lorentzian_levels`). Forward pass with
-8192 spins, one CPU thread: GRE 32² 37 s, 64² TIME64. For gradients in an optimisation loop pass fewer spins
-(memory and time scale with voxels × spins).
+at 64², 2 × 228 at 128²): from 16384 spins (512 cells) the spoiling is exact, so ``DEFAULT_SPINS`` = 16384,
+the first count whose doubling changes both signals by < 0.5 %. This is the reference engine: it is slow by
+design (forward pass with 8192 spins, one CPU thread: GRE 32² 37 s, 64² over 6 min; 16384 doubles that). The
+8 levels leave a bias of ≈ 1 % of the signal at τ/T2′ ≈ 0.02 that doubling S does not show (see
+:func:`lorentzian_levels`). For speed use the graph engine (``mrbridge.sim.graph``, the default of
+``simulate``), or pass fewer spins (memory and time scale with voxels × spins).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from mrbridge.sim.slice_profile import cayley_klein, rotate
 from mrbridge.twin.twin import Twin
 
 #: isochromats per voxel, from the convergence study above
-DEFAULT_SPINS = 8192
+DEFAULT_SPINS = 16384
 
 #: complex elements of one chunk of (samples × spins) phase factors
 CHUNK_ELEMENTS = 1 << 22
