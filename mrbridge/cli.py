@@ -5,6 +5,7 @@ User mistakes (MrbridgeError) print one line and exit with code 2; `--debug` sho
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,7 +95,7 @@ def simulate(
     with _working(f"simulating {sequence.info.name} on {twin}"):
         raw = run_simulation(sequence, phantom, engine=engine, noise=noise, seed=seed, device=_device(device),
                              spins=spins, accuracy=accuracy, slice_profile=slice_profile)
-    raw.provenance.update({"twin": twin, "seed": str(seed), "engine": engine})
+    raw.provenance.update({"twin": twin})
     write_mrd(raw.to("cpu"), output)
     out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")
 
@@ -104,7 +105,7 @@ def _load_sequence(protocol: Path | None, seq: Path | None, matrix: int | None) 
     from mrbridge.sequence.protocol import load_protocol
 
     if (protocol is None) == (seq is None):
-        raise MrbridgeError("give exactly one of --protocol FILE.yaml or --seq FILE.json")
+        raise MrbridgeError("give exactly one of --protocol FILE.yaml or --seq FILE.seq|FILE.json")
     if protocol is not None:
         return build(load_protocol(protocol), matrix=matrix)
     assert seq is not None
@@ -218,6 +219,25 @@ def calibrate(
     twin.save(output)
     for line in summary_lines(twin):
         out.print(line, highlight=False)
+    out.print(f"wrote {output}")
+
+
+# ---- optimize ----------------------------------------------------------------------------------------
+@app.command()
+def optimize(
+    task: Annotated[Path, typer.Argument(help="Optimization task YAML (protocols/spin_flip_angle.yaml, …).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run bundle folder.")],
+    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    engine: Annotated[str | None, typer.Option(help="graph or bloch (default: the task's).")] = None,
+) -> None:
+    """Learn a sequence and its reconstruction jointly; write a run bundle (also under torchrun)."""
+    from mrbridge.optimize.trainer import optimize as run_optimization
+
+    summary = run_optimization(task, output, resume=resume, device=_device(device), engine=engine,
+                               progress=False if _state["quiet"] else None)
+    final = summary.get("final", {})
+    out.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
     out.print(f"wrote {output}")
 
 
@@ -401,17 +421,19 @@ def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("out/demo"),
     matrix: Annotated[int, typer.Option(help="Matrix size.")] = 64,
 ) -> None:
-    """Simulate GRE and SE on builtin:brain; write raw data and inverse-FFT images; print the paths."""
+    """The whole loop on builtin:brain: simulate GRE/SE, optimize, export, simulate, recon, compare."""
     from mrbridge.demo import run_demo
 
     with _working("running the demo"):
-        paths = run_demo(output, matrix=matrix)
+        paths = run_demo(output, matrix=matrix, progress=False)
     for path in paths:
         out.print(str(path))
 
 
 def main() -> None:
     """Entry point: run the app; a user mistake prints one line and exits with code 2."""
+    # MKL's conditional numerical reproducibility: a resumed run repeats the killed one bit for bit.
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     try:
         app()
     except MrbridgeError as error:

@@ -147,3 +147,16 @@ def test_export_refuses_an_unsafe_tse_with_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "peak B1" in result.stderr and "limit 20" in result.stderr
     assert not (tmp_path / "tse.seq").exists()
+
+
+def test_demo_runs_the_whole_loop_and_the_report_sees_the_b1_error(tmp_path: Path) -> None:
+    import json
+
+    result = run_cli("--quiet", "demo", "-o", str(tmp_path), "--matrix", "16")
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.split()
+    assert printed[-1] == str(tmp_path / "report" / "index.html")
+    assert (tmp_path / "run" / "sequence.seq").exists() and (tmp_path / "run" / "safety.json").exists()
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
+    # small flip angles: the scanner stand-in's B1+ × 0.9 scales the image by ≈ 0.9
+    assert 0.85 < metrics["scale"] < 0.95

@@ -98,11 +98,14 @@ class JointModel(nn.Module):
         self._images.clear()
 
     def raw(self, seq: Sequence, signal: torch.Tensor, index: int, seed: int) -> RawData:
-        """RawData with the task's noise (σ relative to the simulated or the reference signal's maximum)."""
+        """RawData with the task's noise: σ relative to the simulated or the reference signal's maximum, or to
+        the reference image's maximum (the FFT and adjoint recons are unitary: image noise σ = k-space σ)."""
         d = self.task.task.data
         noise = d.noise
-        if noise and d.noise_of == "reference":
-            noise = noise * self.target(index)[2] / max(float(signal.detach().abs().max()), 1e-30)
+        if noise and d.noise_of != "signal":
+            _, image_max, signal_max = self.target(index)
+            absolute = image_max if d.noise_of == "reference_image" else signal_max
+            noise = noise * absolute / max(float(signal.detach().abs().max()), 1e-30)
         return to_rawdata(seq, signal, noise=noise, seed=seed)
 
     # ---- targets -----------------------------------------------------------------------------------------

@@ -235,8 +235,9 @@ class DataSpec(_Strict):
     train: int = Field(default=1, ge=1, description="training twins (spin_random, sparse)")
     validation: int = Field(default=0, ge=0, description="validation twins (the last ones of files)")
     noise: float = Field(default=0.0, ge=0, description="σ relative to the max |signal| (SPIN: 0.025)")
-    noise_of: Literal["signal", "reference"] = Field(
-        default="signal", description="whose max |signal| σ is relative to: the simulated or the reference's"
+    noise_of: Literal["signal", "reference", "reference_image"] = Field(
+        default="signal", description="σ relative to: the max |signal| simulated, the reference's max |signal|, or "
+                                      "the max of the reference image (σ of the image noise, as the recon is unitary)"
     )
     seed: int = 0
 
@@ -305,8 +306,8 @@ class Task(_Strict):
             raise ProtocolValueError("recon.mlp", self.recon.mlp, "is required for (and only for) target kind 't1'")
         if quantitative and any(t.kind == "ssim" for t in self.losses):
             raise ProtocolValueError("losses", "ssim", "is an image loss; target kind 't1' uses mse or l1")
-        if self.data.noise_of == "reference" and self.target.kind != "reference":
-            raise ProtocolValueError("data.noise_of", "reference", "needs target kind 'reference'")
+        if self.data.noise_of != "signal" and self.target.kind != "reference":
+            raise ProtocolValueError("data.noise_of", self.data.noise_of, "needs target kind 'reference'")
         if self.optimizer.mode == "alternating" and self.optimizer.restarts:
             raise ProtocolValueError("optimizer.restarts", self.optimizer.restarts, "only with mode 'joint'")
         return self

@@ -70,7 +70,9 @@ def _center_crop(x: torch.Tensor, dim: int, n: int) -> torch.Tensor:
 
 
 def prewhiten(kdata: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Whiten coils: L⁻¹·kdata with L the Cholesky factor of the noise covariance.
+    """Whiten coils, keeping the scale: √(tr Ψ / coils)·L⁻¹·kdata, with L the Cholesky factor of the noise
+    covariance Ψ. The coils' noise becomes uncorrelated with equal power (the mean power of the input), so data
+    with and without a noise scan (measured vs simulated) reconstruct to the same scale; one coil is unchanged.
 
         kdata: (coils, readouts, samples) complex;  noise: (coils, noise_samples) complex
     returns (coils, readouts, samples)
@@ -80,7 +82,8 @@ def prewhiten(kdata: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     chol = torch.linalg.cholesky(cov)
     c, r, s = kdata.shape
     white = torch.linalg.solve_triangular(chol, kdata.reshape(c, r * s), upper=False)
-    return white.reshape(c, r, s)
+    power = torch.diagonal(cov).real.mean().sqrt()
+    return (power * white).reshape(c, r, s)
 
 
 class Recon(nn.Module):

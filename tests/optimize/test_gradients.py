@@ -140,3 +140,21 @@ def test_one_readout_moment_per_repetition() -> None:
         moments = rep.gradm[rep.adc_usage, :2] * seq.info.fov[0]
         assert torch.allclose(moments, torch.tensor([2.0 * r, 2.0 * r + 1]).expand_as(moments), atol=1e-4)
     assert SequenceParameters(template, [spec]).values()["gradm"][0].tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_reference_image_noise_is_the_image_noise(tmp_path: Path) -> None:
+    """noise_of reference_image: σ of the FFT image noise = noise × max of the reference image."""
+    from tests.optimize.tasks import spin
+
+    task = spin()
+    task["data"]["noise"] = 0.1
+    resolved = parse_task(task, "tiny", tmp_path)
+    model = JointModel(resolved, TwinSet(resolved.task.data, resolved.protocol.matrix))
+    seq = model.reference
+    assert seq is not None
+    _, scale, _ = model.target(0)
+    signal = model._reference_signal(0)
+    noisy = model.base(model.raw(seq, signal, 0, seed=5)).data[0, 0, 0]  # RSS magnitude, (y, x)
+    background = model.data[0].pd[0] == 0  # outside the head the magnitude is noise only: Rayleigh, mean σ√(π/2)
+    sigma = float(noisy[background].mean()) / math.sqrt(math.pi / 2)
+    assert sigma == pytest.approx(0.1 * scale, rel=0.3)

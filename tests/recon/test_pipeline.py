@@ -87,8 +87,16 @@ def test_prewhitening_decorrelates_coils() -> None:
     data = mix @ torch.randn(3, 20000, dtype=torch.complex64, generator=gen)
     white = prewhiten(data.reshape(3, 100, 200), noise).reshape(3, -1)
     cov = white @ white.conj().T / white.shape[1]
-    assert torch.allclose(cov, torch.eye(3, dtype=cov.dtype), atol=0.05)
-    assert not torch.allclose(data @ data.conj().T / data.shape[1], torch.eye(3, dtype=cov.dtype), atol=0.05)
+    power = torch.diagonal(noise @ noise.conj().T / noise.shape[1]).real.mean()  # the scale is kept
+    assert torch.allclose(cov / power, torch.eye(3, dtype=cov.dtype), atol=0.05)
+    assert not torch.allclose(data @ data.conj().T / data.shape[1] / power, torch.eye(3, dtype=cov.dtype), atol=0.05)
+
+
+def test_prewhitening_keeps_the_scale_of_one_coil() -> None:
+    gen = torch.Generator().manual_seed(1)
+    data = torch.randn(1, 8, 16, dtype=torch.complex64, generator=gen)
+    noise = 0.05 * torch.randn(1, 4000, dtype=torch.complex64, generator=gen)
+    torch.testing.assert_close(prewhiten(data, noise), data)
 
 
 def tiny_raw(kdata: torch.Tensor, traj: torch.Tensor | None) -> RawData:
