@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mrbridge.errors import ConfigError
+from mrbridge.yamlfile import load_yaml
 
 GAMMA_HZ_PER_T = 42.576e6  # 1H gyromagnetic ratio / 2π
 SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "calibration" / "systems"
@@ -127,11 +127,11 @@ class System(BaseModel):
         if not path.exists():
             presets = ", ".join(sorted(p.stem for p in SYSTEMS_DIR.glob("*.yaml")))
             raise ConfigError(f"{path}: no such system file (presets: {presets})")
+        data = load_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of limits, got {type(data).__name__}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
             return cls(**data)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
         except ValidationError as err:
             e = err.errors()[0]
             field = ".".join(str(p) for p in e["loc"])

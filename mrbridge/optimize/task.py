@@ -22,6 +22,7 @@ from mrbridge.recon.pipeline import ReconConfig
 from mrbridge.sequence.model import Sequence
 from mrbridge.sequence.protocol import Protocol, ProtocolValueError, parse_protocol
 from mrbridge.system import System
+from mrbridge.yamlfile import load_yaml
 
 Init = Literal["template", "zero", "random"] | float
 Axis = Literal["x", "y", "z"]
@@ -354,15 +355,7 @@ def parse_task(data: Any, source: str = "task", base: Path | None = None) -> Res
 def load_task(path: str | Path) -> ResolvedTask:
     """Read, validate and resolve a task YAML file (see :func:`parse_task`)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read ({err})") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    resolved = parse_task(data, str(path), path.parent)
+    resolved = parse_task(load_yaml(path), str(path), path.parent)
     resolved.text = path.read_text()
     return resolved
 

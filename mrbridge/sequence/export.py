@@ -37,7 +37,7 @@ import torch
 
 from mrbridge.atomic import atomic_path
 from mrbridge.errors import ConfigError
-from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence
+from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence, runs
 from mrbridge.system import System
 
 _TOL = 1e-9  # s, timing tolerance
@@ -405,15 +405,7 @@ def export_seq(
 
 
 def _spans(rep: _Rep) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for e, ev in enumerate([*rep.events, None]):
-        on = ev is not None and ev.adc
-        if on and start is None:
-            start = e
-        elif not on and start is not None:
-            spans.append((start, e))
-            start = None
-    return spans
+    return runs([ev.adc for ev in rep.events])
 
 
 def _definitions(pseq: pp.Sequence, seq: Sequence, thickness: float) -> None:

@@ -173,15 +173,7 @@ class Repetition:
 
     def readout_spans(self) -> list[tuple[int, int]]:
         """(first event, end event) of each run of consecutive ADC events."""
-        used = self.adc_usage.tolist()
-        spans, start = [], None
-        for e, on in enumerate([*used, False]):
-            if on and start is None:
-                start = e
-            elif not on and start is not None:
-                spans.append((start, e))
-                start = None
-        return spans
+        return runs(self.adc_usage.tolist())
 
     @property
     def duration(self) -> torch.Tensor:
@@ -191,6 +183,18 @@ class Repetition:
 
 def _tensor(values: Any, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype)
+
+
+def runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """(first, end) index of each run of consecutive true flags: [F, T, T, F, T] → [(1, 3), (4, 5)]."""
+    spans, start = [], None
+    for i, on in enumerate([*flags, False]):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,6 +22,7 @@ from pydantic import (
 )
 
 from mrbridge.errors import ConfigError
+from mrbridge.yamlfile import load_yaml
 
 KINDS = ("se", "gre", "tse", "bssfp", "irgre")
 
@@ -324,19 +324,7 @@ def load_protocol(path: str | Path) -> Protocol:
     ConfigError
         One line: the file, the key, the value and what was expected.
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read ({err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
-    return parse_protocol(data, str(path))
+    return parse_protocol(load_yaml(path), str(path))
 
 
 def with_matrix(protocol: Protocol, matrix: int) -> Protocol:
