@@ -68,6 +68,8 @@ def setup(device: str | None = None) -> tuple[Dist, torch.device]:
 
 
 def teardown() -> None:
-    """Leave the process group (if any)."""
+    """Leave the process group (if any), together: a barrier first, so that no rank tears down its
+    connections while another is still writing the bundle (gloo aborts a process whose peer vanished)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
