@@ -5,6 +5,8 @@ Every message names where the problem is (file, field), the offending value and 
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class MrbridgeError(Exception):
     """Base class of every mistake a user can make (bad file, bad field, bad value)."""
@@ -21,3 +23,10 @@ class InputError(MrbridgeError):
 def where(source: str | None, field: str) -> str:
     """Format 'file: field' (or just the field) for error messages."""
     return f"{source}: {field}" if source else field
+
+
+def validation_message(error: ValidationError, source: str) -> str:
+    """One line for the first problem pydantic found: "source: field 'a.b' = value: what was expected"."""
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    return f"{source}: field '{field}' = {first.get('input')!r}: {first['msg']}"

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mrbridge.errors import ConfigError
+from mrbridge.errors import ConfigError, validation_message
 from mrbridge.yamlfile import load_yaml
 
 GAMMA_HZ_PER_T = 42.576e6  # 1H gyromagnetic ratio / 2π
@@ -133,6 +133,4 @@ class System(BaseModel):
         try:
             return cls(**data)
         except ValidationError as err:
-            e = err.errors()[0]
-            field = ".".join(str(p) for p in e["loc"])
-            raise ConfigError(f"{path}: field '{field}' = {e.get('input')!r}: {e['msg']}") from None
+            raise ConfigError(validation_message(err, str(path))) from None

@@ -16,13 +16,13 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mrbridge.errors import ConfigError, InputError
+from mrbridge.errors import ConfigError, InputError, validation_message
 from mrbridge.twin.coils import simulated_coils
 from mrbridge.twin.ellipses import Ellipse, grid, paint
 from mrbridge.twin.twin import Twin
+from mrbridge.yamlfile import load_yaml
 
 PHANTOMS_DIR = Path(__file__).resolve().parent.parent.parent / "calibration" / "phantoms"
 BUILTINS: tuple[str, ...] = ("spin-brain", "spin-random", "brain")
@@ -105,17 +105,11 @@ class BrainTable(_Strict):
 
 def load_table(path: Path, schema: type[T]) -> T:
     """Read and validate a phantom table; ConfigError naming the file and field otherwise."""
+    data = load_yaml(path) or {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
         return schema(**data)
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the phantom table ({err})") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
     except ValidationError as err:
-        e = err.errors()[0]
-        field = ".".join(str(p) for p in e["loc"])
-        raise ConfigError(f"{path}: field '{field}' = {e.get('input')!r}: {e['msg']}") from None
+        raise ConfigError(validation_message(err, str(path))) from None
 
 
 # ---- SPIN phantoms ---------------------------------------------------------------------------------
