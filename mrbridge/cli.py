@@ -250,9 +250,20 @@ def export(
     source: Annotated[Path, typer.Argument(metavar="BUNDLE|SEQUENCE.json", help="Run bundle or sequence JSON.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Pulseq .seq file to write.")],
     system: Annotated[str, typer.Option(help="System preset (generic3t, prisma, vida, skyra) or YAML.")] = "generic3t",
-    rf: Annotated[Literal["sinc", "block"], typer.Option(help="Shape of the exported RF pulses.")] = "sinc",
-    rf_duration_ms: Annotated[float, typer.Option(help="RF pulse duration.")] = 1.0,
-    tbw: Annotated[float, typer.Option(help="Time-bandwidth product of sinc pulses.")] = 4.0,
+    rf: Annotated[
+        Literal["sinc", "block"] | None,
+        typer.Option(help="Shape of every exported RF pulse (default: each pulse's own, a sinc unless imported)."),
+    ] = None,
+    rf_duration_ms: Annotated[
+        float | None,
+        typer.Option(help="RF pulse duration of every pulse (default: each pulse's own shape, 1 ms unless the "
+                          "protocol says otherwise)."),
+    ] = None,
+    tbw: Annotated[
+        float | None,
+        typer.Option(help="Time-bandwidth product of every sinc pulse (default: each pulse's own, 4 unless the "
+                          "protocol says otherwise)."),
+    ] = None,
     slice_mm: Annotated[float | None, typer.Option(help="Slice thickness (default: the sequence's).")] = None,
     patient_kg: Annotated[float, typer.Option(help="Patient mass for SAR.")] = 75.0,
     coil: Annotated[Coil, typer.Option(help="Transmit coil for SAR.")] = "head",
@@ -273,7 +284,8 @@ def export(
     seq = Sequence.load(source / "sequence.json" if source.is_dir() else source)
     hardware = System.load(system)
     with _working("exporting"):
-        result = export_seq(seq, hardware, rf=rf, rf_duration=rf_duration_ms * 1e-3, tbw=tbw,
+        rf_duration = None if rf_duration_ms is None else rf_duration_ms * 1e-3
+        result = export_seq(seq, hardware, rf=rf, rf_duration=rf_duration, tbw=tbw,
                             slice_thickness=None if slice_mm is None else slice_mm * 1e-3, timing=timing)
         report = check_safety(result.pulseq, hardware, patient_kg=patient_kg, coil=coil)
     for change in result.changes:

@@ -143,7 +143,8 @@ def test_export_refuses_an_unsafe_tse_with_exit_1(tmp_path: Path) -> None:
     from mrbridge.sequence.protocol import load_protocol
 
     build(load_protocol(REPO / "protocols" / "tse.yaml"), matrix=16).save(tmp_path / "tse.json")
-    result = run_cli("export", str(tmp_path / "tse.json"), "-o", str(tmp_path / "tse.seq"))
+    # the shipped protocol's 3-ms 180° passes; played as 1-ms sincs its refocusing pulses need 46 µT
+    result = run_cli("export", str(tmp_path / "tse.json"), "-o", str(tmp_path / "tse.seq"), "--rf-duration-ms", "1")
     assert result.returncode == 1
     assert "peak B1" in result.stderr and "limit 20" in result.stderr
     assert not (tmp_path / "tse.seq").exists()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mrbridge.sequence.model import Sequence
+from mrbridge.sequence.pns import pns_ratio
 from mrbridge.system import System
 
 #: SSIM constants (Wang et al. 2004) for a data range of 1, Gaussian window 11 × 11, σ = 1.5
@@ -114,13 +115,16 @@ def scan_time(seq: Sequence) -> torch.Tensor:
 
 
 def hardware_penalty(seq: Sequence, system: System) -> torch.Tensor:
-    """How far the gradients exceed the system's amplitude and slew limits (0 when they fit).
+    """How far the gradients exceed the system's amplitude, slew and PNS limits (0 when they fit).
 
     Each event plays its moment m over its duration T as the mean amplitude g = m/T (Hz/m); the amplitude
-    changes from event to event over half of each event, (T_prev + T)/2, and starts and ends each repetition
-    at 0 (the RF pulse). Returns () Σ relu(|g|/G − 1)² + Σ relu(|Δg|/(Δt·S) − 1)² over events and axes.
+    changes from event to event over half of each event, Δt = (T_prev + T)/2, and starts and ends each repetition
+    at 0 (the RF pulse). Each such step is a ramp of duration Δt for the IEC dB/dt estimate
+    (:mod:`mrbridge.sequence.pns`): ρ = |Δg|/γ · r / (f·b·(Δt + c)), the dB/dt S·r of slew S = |Δg|/(γ·Δt) over
+    its limit f·b·(1 + c/Δt). Returns () Σ relu(|g|/G − 1)² + Σ relu(|Δg|/(Δt·S) − 1)² + Σ relu(ρ − 1)² over
+    events and axes.
     """
-    g_max, s_max = system.max_grad, system.max_slew
+    g_max, s_max, gamma = system.max_grad, system.max_slew, system.gamma_hz_per_t
     total = torch.zeros((), dtype=seq[0].gradm.dtype, device=seq[0].gradm.device)
     for rep in seq:
         if not rep.event_count:
@@ -132,4 +136,5 @@ def hardware_penalty(seq: Sequence, system: System) -> torch.Tensor:
         half = torch.cat([times[:1] / 2, (times[1:] + times[:-1]) / 2, times[-1:] / 2])  # (events + 1,)
         total = total + F.relu(g.abs() / g_max - 1).square().sum()
         total = total + F.relu(steps.abs() / (half[:, None] * s_max) - 1).square().sum()
+        total = total + F.relu(pns_ratio(steps.abs() / gamma, half[:, None], system.iec) - 1).square().sum()
     return total

@@ -59,7 +59,6 @@ class JointModel(nn.Module):
             raise ConfigError(f"{task.source}: field 'sim.engine' = {self.engine!r}: expected one of {ENGINES}")
         self.params = SequenceParameters(task.template(), t.parameters, seed=t.optimizer.seed).to(self.device)
         self.recon = Recon(t.recon.config).to(self.device)
-        self.base = Recon(t.recon.config.model_copy(update={"network": "none"}))
         self.mlp = VoxelMLP(t.sequence.repeat, t.recon.mlp.hidden).to(self.device) if t.recon.mlp else None
         self.reference = task.reference_sequence()
         self._targets: dict[int, tuple[torch.Tensor, float, float]] = {}  # index -> (target, scale, max |signal|)
@@ -109,9 +108,9 @@ class JointModel(nn.Module):
         return to_rawdata(seq, signal, noise=noise, seed=seed)
 
     # ---- targets -----------------------------------------------------------------------------------------
-    def _image(self, recon: Recon, raw: RawData) -> torch.Tensor:
-        """(contrasts, y, x) complex or real image of one twin."""
-        return recon(raw).data[0, :, 0]
+    def _image(self, raw: RawData) -> torch.Tensor:
+        """(contrasts, y, x) complex or real image of one twin, before the network (which runs batched)."""
+        return self.recon(raw, network=False).data[0, :, 0]
 
     def target(self, index: int) -> tuple[torch.Tensor, float, float]:
         """(target, scale, reference max |signal|) of twin ``index``: the target is (contrasts, y, x) scaled
@@ -127,7 +126,7 @@ class JointModel(nn.Module):
                 ref = self.reference.to(self.device)
                 signal = self._reference_signal(index)
                 peak = float(signal.abs().max())
-                image = self._image(self.base, to_rawdata(ref, signal))
+                image = self._image(to_rawdata(ref, signal))
                 image = image.abs() if self.task.task.recon.magnitude else image
                 scale = float(image.abs().max())
                 value = image / scale
@@ -164,9 +163,9 @@ class JointModel(nn.Module):
         images, targets, scales = [], [], []
         for i, signal, seed in zip(indices, signals, seeds, strict=True):
             target, scale, _ = self.target(i)
-            if train_sequence or t.data.noise or on_reference:
-                image = self._image(self.base, self.raw(seq, signal, i, seed))
-            else:  # a fixed sequence without noise: the image is as fixed as the signal
+            if train_sequence or t.data.noise or on_reference or self.recon.log_tikhonov is not None:
+                image = self._image(self.raw(seq, signal, i, seed))
+            else:  # a fixed sequence without noise through a fixed solver: the image is as fixed as the signal
                 image = self._fixed_image(seq, signal, i)
             if t.target.kind not in ("reference", "t1"):
                 scale = float(image.detach().abs().max())
@@ -192,7 +191,7 @@ class JointModel(nn.Module):
         cached = self._images.get(key)
         if cached is None or cached[0] is not signal:
             with torch.no_grad():
-                cached = (signal, self._image(self.base, self.raw(seq, signal, index, 0)))
+                cached = (signal, self._image(self.raw(seq, signal, index, 0)))
             self._images[key] = cached
         return cached[1]
 

@@ -11,13 +11,14 @@ optional network.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 from typing import Literal
 
 import ismrmrd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from mrbridge.atomic import atomic_path, atomic_write_text
@@ -46,6 +47,9 @@ class ReconConfig(BaseModel):
     method: Literal["fft", "adjoint", "cg", "sense"] = "fft"
     iterations: int = Field(default=10, ge=1, description="CG iterations (cg, sense)")
     tikhonov: float = Field(default=0.0, ge=0.0, description="λ of the Tikhonov term λ‖x‖² (cg, sense)")
+    train_tikhonov: bool = Field(
+        default=False, description="make λ a trainable parameter (cg, sense), starting at `tikhonov` (> 0)"
+    )
     prewhiten: bool = Field(default=True, description="whiten coils with the noise scan, if any")
     remove_oversampling: bool = Field(default=True, description="crop x (and y) to the header's recon matrix")
     coil_combine: Literal["rss", "sensitivity"] = "rss"
@@ -56,6 +60,13 @@ class ReconConfig(BaseModel):
     network: Literal["none", "cnn", "unet"] = "none"
     network_features: int = Field(default=16, ge=1)
     network_depth: int = Field(default=3, ge=1, description="conv layers (cnn, ≥ 2) or levels (unet)")
+
+    @model_validator(mode="after")
+    def _trainable_tikhonov(self) -> ReconConfig:
+        if self.train_tikhonov and (self.method not in ("cg", "sense") or self.tikhonov <= 0):
+            raise ValueError(f"train_tikhonov needs method 'cg' or 'sense' (got {self.method!r}) and tikhonov > 0 "
+                             f"as its starting value (got {self.tikhonov})")
+        return self
 
 
 def _has(flags: torch.Tensor, bit: int) -> torch.Tensor:
@@ -103,6 +114,12 @@ class Recon(nn.Module):
         self.config = config or ReconConfig()
         c = self.config
         self.network = build_network(c.network, features=c.network_features, depth=c.network_depth)
+        # λ = exp(log_tikhonov) when trained: positive, and Adam steps are relative changes of λ
+        self.log_tikhonov = nn.Parameter(torch.tensor(math.log(c.tikhonov))) if c.train_tikhonov else None
+
+    def tikhonov(self) -> torch.Tensor | float:
+        """λ of the CG and SENSE solves: the trained value, or the configured one."""
+        return self.log_tikhonov.exp() if self.log_tikhonov is not None else self.config.tikhonov
 
     # ---------------------------------------------------------------- bundle io
     def save(self, bundle_dir: str | Path) -> None:
@@ -134,13 +151,14 @@ class Recon(nn.Module):
                 recon.load_state_dict(state, strict=True)
             except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
                 raise InputError(f"{pt_path}: weights do not fit network={config.network!r}: {e}") from e
-        elif recon.network is not None:
-            raise InputError(f"{pt_path}: missing; network={config.network!r} needs its weights")
+        elif any(True for _ in recon.parameters()):
+            raise InputError(f"{pt_path}: missing; network={config.network!r}, train_tikhonov="
+                             f"{config.train_tikhonov} need the trained weights")
         return recon
 
     # ---------------------------------------------------------------- forward
-    def forward(self, raw: RawData) -> Image:
-        """Reconstruct ``raw``.
+    def forward(self, raw: RawData, *, network: bool = True) -> Image:
+        """Reconstruct ``raw`` (``network=False``: without the network stage, e.g. to batch it elsewhere).
 
         Returns an Image with data (repetitions, contrasts, z, y, x): complex64 for
         coil_combine="sensitivity", the methods cg/sense with sensitivities, or a network; real for RSS.
@@ -166,7 +184,7 @@ class Recon(nn.Module):
         else:
             image = self._noncartesian(raw, kdata, ~skip)
         image = self._crop(image, raw)
-        if self.network is not None:
+        if network and self.network is not None:
             image = self.network(image)
         nx, ny = image.shape[-1], image.shape[-2]
         fov = (
@@ -265,7 +283,7 @@ class Recon(nn.Module):
             op: LinearOperator = fourier @ coil
 
             def normal(x: torch.Tensor, op: LinearOperator = op, m: torch.Tensor = m) -> torch.Tensor:
-                return op.H(m * op(x)) + c.tikhonov * x
+                return op.H(m * op(x)) + self.tikhonov() * x
 
             rhs = op.H(flat_k[:, g])
             out.append(conjugate_gradient(normal, rhs, iterations=c.iterations))
@@ -299,7 +317,7 @@ class Recon(nn.Module):
             rhs = a.H(y)
 
             def normal(x: torch.Tensor, a: LinearOperator = a) -> torch.Tensor:
-                return a.H(a(x)) + c.tikhonov * x
+                return a.H(a(x)) + self.tikhonov() * x
 
             x = conjugate_gradient(normal, rhs, iterations=c.iterations)
             images.append(x if x.dim() == 3 else self._combine(x[:, None])[0])

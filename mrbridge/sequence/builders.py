@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence, SequenceInfo
+from mrbridge.sequence.model import (
+    Pulse,
+    PulseShape,
+    PulseUsage,
+    ReadoutLabels,
+    Repetition,
+    Sequence,
+    SequenceInfo,
+)
 from mrbridge.sequence.protocol import (
     BssfpProtocol,
     GreProtocol,
@@ -76,10 +84,13 @@ def _repetition(
     parts: list[_Part],
     labels: list[ReadoutLabels],
     dtype: torch.dtype,
+    rf_ms: float | None = None,
 ) -> Repetition:
+    """One repetition; its pulse's export shape lasts ``rf_ms`` (default: ``PulseShape``'s)."""
     times, moments, adc, adc_phase = (np.concatenate(column) for column in zip(*parts, strict=True))
     return Repetition(
-        pulse=Pulse(torch.tensor(angle, dtype=dtype), torch.tensor(phase, dtype=dtype), usage),
+        pulse=Pulse(torch.tensor(angle, dtype=dtype), torch.tensor(phase, dtype=dtype), usage,
+                    PulseShape() if rf_ms is None else PulseShape(duration=rf_ms * 1e-3)),
         event_time=torch.tensor(times, dtype=dtype),
         gradm=torch.tensor(moments, dtype=dtype),
         adc_usage=torch.tensor(adc),
@@ -206,6 +217,7 @@ def _echo_train(
                 [_gap(spacing / 2, (-ro.prephase, 0.0, 0.0))],
                 [],
                 dtype,
+                p.rf_ms,
             )
         )
         for echo, line in enumerate(row):
@@ -218,7 +230,7 @@ def _echo_train(
             if echo == train - 1:
                 parts.append(_gap(tr - (train + 0.5) * spacing, (spoil, 0.0, 0.0)))
             labels = [] if line is None else [ReadoutLabels(kspace_encode_step_1=line, segment=echo)]
-            reps.append(_repetition(refocus, 0.0, PulseUsage.REFOCUSING, parts, labels, dtype))
+            reps.append(_repetition(refocus, 0.0, PulseUsage.REFOCUSING, parts, labels, dtype, p.refocusing_rf_ms))
     return reps
 
 
@@ -281,7 +293,8 @@ def ir_gre(p: IrGreProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
     shots: list[list[int | None]] = [silent] * p.dummies + [list(row) for row in table]
     reps, count = [], 0
     for row in shots:
-        reps.append(_repetition(math.pi, 0.0, PulseUsage.INVERSION, [_gap(ti, (spoil, 0.0, 0.0))], [], dtype))
+        reps.append(_repetition(math.pi, 0.0, PulseUsage.INVERSION, [_gap(ti, (spoil, 0.0, 0.0))], [], dtype,
+                                p.inversion_rf_ms))
         for position, line in enumerate(row):
             last = position == train - 1
             duration = tr - ti - (train - 1) * spacing if last else spacing

@@ -2,10 +2,11 @@
 
 How the moment model becomes hardware events (all times on the system's rasters):
 
-* Each repetition's RF becomes one RF block — a slice-selective sinc (``rf="sinc"``, slice-select trapezoid on z)
-  or a hard pulse (``rf="block"``) — whose *centre* stands where the model's instantaneous pulse stands. The
-  part of the RF block before its centre is taken from the time of the previous repetition's last event, the
-  part after it from the time of the repetition's first event.
+* Each repetition's RF becomes one RF block — a slice-selective sinc (slice-select trapezoid on z)
+  or a hard pulse, of the pulse's own :class:`PulseShape` kind, duration and time-bandwidth product
+  (unless the caller overrides them for every pulse), whose *centre* stands where the model's instantaneous
+  pulse stands. The part of the RF block before its centre is taken from the time of the previous repetition's
+  last event, the part after it from the time of the repetition's first event.
 * Each event without ADC becomes one block holding, per axis, the minimum-time trapezoid (within max gradient
   and slew) of its moment, starting at the block's start. The slice-select moment after the RF centre is
   balanced inside the following event's trapezoid (the slice rephaser, merged), the moment before the centre
@@ -15,6 +16,9 @@ How the moment model becomes hardware events (all times on the system's rasters)
   g = m/Δt and the ADC on its flat top. Pulseq samples at delay + (i + ½)·Δt, the model at the end of event i;
   the neighbouring events absorb the moments and times of the ramps and of that half dwell, so that k and the
   time at every sample equal the model's.
+* Every gradient ramp keeps to the IEC dB/dt limit (:mod:`mrbridge.sequence.pns`): a trapezoid (event, readout or
+  slice select) to amplitude G ramps with at most ``PNS_MARGIN`` × the slew S_max(G) that limit allows (and the
+  system's max slew), so the file passes the IEC PNS check of :mod:`mrbridge.sequence.safety` by construction.
 * An event too short for what it must hold is lengthened (``timing="extend"``, listed in the change list) or
   refused (``timing="strict"``, :class:`ConfigError`). Durations are rounded to the block raster (listed too).
 
@@ -38,10 +42,12 @@ import torch
 from mrbridge.atomic import atomic_path
 from mrbridge.errors import ConfigError
 from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence, runs
-from mrbridge.system import System
+from mrbridge.sequence.pns import max_pns_slew
+from mrbridge.system import IecLimits, System
 
 _TOL = 1e-9  # s, timing tolerance
 _AREA_TOL = 1e-6  # 1/m, smaller moments are not played
+PNS_MARGIN = 0.95  # exported ramps use at most this fraction of the slew the IEC dB/dt limit allows
 LABEL_NAMES = {  # ReadoutLabels field → Pulseq label
     "kspace_encode_step_1": "LIN",
     "kspace_encode_step_2": "PAR",
@@ -111,6 +117,13 @@ def _ceil(value: float, raster: float) -> float:
 
 def _round(value: float, raster: float) -> float:
     return round(value / raster) * raster
+
+
+def pns_slew(amplitude: float, opts: pp.Opts, iec: IecLimits) -> float:
+    """Hz/m/s: the slew a ramp from 0 to ``amplitude`` (Hz/m) is designed with — the system's maximum, or
+    ``PNS_MARGIN`` × the IEC-allowed S_max(|amplitude|) when that is lower."""
+    allowed = PNS_MARGIN * max_pns_slew(abs(amplitude) / opts.gamma, iec) * opts.gamma
+    return min(float(opts.max_slew), allowed)
 
 
 @dataclass
@@ -198,8 +211,11 @@ def _trap_area_until(g: Any, t: float) -> float:
     return float(g.area)
 
 
-def _rf_unit(rep: _Rep, opts: pp.Opts, rf: str, rf_duration: float, tbw: float, apodization: float,
-             slice_thickness: float) -> _RfUnit:
+def _rf_unit(rep: _Rep, opts: pp.Opts, iec: IecLimits, rf: str | None, rf_duration: float | None,
+             tbw: float | None, apodization: float, slice_thickness: float) -> _RfUnit:
+    rf = rep.pulse.shape.kind if rf is None else rf
+    length = rep.pulse.shape.duration if rf_duration is None else rf_duration
+    tbw = rep.pulse.shape.time_bandwidth if tbw is None else tbw
     angle, phase = abs(rep.angle), rep.phase + (math.pi if rep.angle < 0 else 0.0)
     phase = math.remainder(phase, 2 * math.pi)
     use = RF_USE[rep.pulse.usage]
@@ -207,12 +223,14 @@ def _rf_unit(rep: _Rep, opts: pp.Opts, rf: str, rf_duration: float, tbw: float, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pypulseq warns when it raises the delay to the dead time
         if rf == "sinc":
+            slew = pns_slew(tbw / length / slice_thickness, opts, iec)  # slice-select amplitude: bandwidth / Δz
             pulse, gz, _ = pp.make_sinc_pulse(
-                flip_angle=angle, duration=rf_duration, time_bw_product=tbw, apodization=apodization,
-                slice_thickness=slice_thickness, phase_offset=phase, system=opts, return_gz=True, use=use)
+                flip_angle=angle, duration=length, time_bw_product=tbw, apodization=apodization,
+                slice_thickness=slice_thickness, phase_offset=phase, system=opts, return_gz=True, use=use,
+                max_slew=slew)
             events = [pulse, gz]
         else:
-            pulse = pp.make_block_pulse(flip_angle=angle, duration=rf_duration, phase_offset=phase, system=opts,
+            pulse = pp.make_block_pulse(flip_angle=angle, duration=length, phase_offset=phase, system=opts,
                                         use=use)
             events, gz = [pulse], None
     duration = _ceil(pp.calc_duration(*events), opts.block_duration_raster)
@@ -225,7 +243,7 @@ def _rf_unit(rep: _Rep, opts: pp.Opts, rf: str, rf_duration: float, tbw: float, 
 
 
 def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: ReadoutLabels, opts: pp.Opts,
-                  changes: list[TimingChange]) -> _ReadoutUnit:
+                  iec: IecLimits, changes: list[TimingChange]) -> _ReadoutUnit:
     events = reps[r].events[first:end]
     n = len(events)
     times = np.array([e.time for e in events])
@@ -247,7 +265,8 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
                           f"{'xyz'[worst]} exceeds max_grad {opts.max_grad:.4g} Hz/m (dwell {dwell * 1e6:g} µs)")
     graster = opts.grad_raster_time
     played = np.abs(amp) * dwell > _AREA_TOL / max(n, 1)
-    rise = max(_ceil(float(np.abs(amp).max()) / opts.max_slew, graster), graster) if played.any() else 0.0
+    peak = float(np.abs(amp).max())
+    rise = max(_ceil(peak / pns_slew(peak, opts, iec), graster), graster) if played.any() else 0.0
     # ADC delay: past the ramp and the dead time, and (when the rasters allow) such that the model's event grid
     # (sample i ends event i) falls on the block raster: delay ≡ dwell/2 (mod block raster).
     least = rise + _ceil(max(0.0, opts.adc_dead_time - rise), opts.rf_raster_time)
@@ -281,12 +300,19 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
     return _ReadoutUnit(r, first, n, dwell, block, duration, pre, post, comp_pre, comp_post)
 
 
-def _event_traps(moment: np.ndarray, opts: pp.Opts) -> tuple[list[Any], float]:
-    """Minimum-time trapezoid per axis and the time the longest needs."""
+def _event_traps(moment: np.ndarray, opts: pp.Opts, iec: IecLimits) -> tuple[list[Any], float]:
+    """Minimum-time trapezoid per axis (within the PNS-allowed slew) and the time the longest needs.
+
+    The fastest trapezoid's amplitude G sets the slew, :func:`pns_slew`; at that (lower) slew the trapezoid's
+    amplitude is at most G, whose allowed slew is at least the one used.
+    """
     traps, need = [], 0.0
     for axis in range(3):
         if abs(moment[axis]) > _AREA_TOL:
             g = pp.make_trapezoid(channel="xyz"[axis], area=float(moment[axis]), system=opts)
+            slew = pns_slew(g.amplitude, opts, iec)
+            if slew < opts.max_slew:
+                g = pp.make_trapezoid(channel="xyz"[axis], area=float(moment[axis]), max_slew=slew, system=opts)
             traps.append(g)
             need = max(need, pp.calc_duration(g))
     return traps, need
@@ -296,9 +322,9 @@ def export_seq(
     seq: Sequence,
     system: System,
     *,
-    rf: Literal["sinc", "block"] = "sinc",
-    rf_duration: float = 1e-3,
-    tbw: float = 4.0,
+    rf: Literal["sinc", "block"] | None = None,
+    rf_duration: float | None = None,
+    tbw: float | None = None,
     apodization: float = 0.5,
     slice_thickness: float | None = None,
     timing: Literal["extend", "strict"] = "extend",
@@ -311,8 +337,10 @@ def export_seq(
     ----------
     seq: the sequence (not modified).
     system: scanner limits and rasters.
-    rf: ``"sinc"`` (slice-selective, apodised) or ``"block"`` (hard pulse) for every RF pulse.
-    rf_duration, tbw, apodization: the RF shape (s, time-bandwidth product, Hamming-type apodisation).
+    rf, rf_duration, tbw: ``"sinc"`` (slice-selective, apodised) or ``"block"`` (hard pulse), s and
+        time-bandwidth product of every pulse; ``None`` (default): each pulse's own ``shape`` (a 1-ms sinc of
+        time-bandwidth 4 unless its protocol says otherwise).
+    apodization: Hamming-type apodisation of sinc pulses.
     slice_thickness: m; default ``seq.info.fov[2]``.
     timing: ``"extend"`` lengthens events that cannot hold their gradients, ``"strict"`` raises ConfigError.
     path: write the file there (atomically); pypulseq signs it.
@@ -320,7 +348,7 @@ def export_seq(
     """
     if timing not in ("extend", "strict"):
         raise ConfigError(f"timing = {timing!r}, expected 'extend' or 'strict'")
-    if rf not in ("sinc", "block"):
+    if rf not in ("sinc", "block", None):
         raise ConfigError(f"rf = {rf!r}, expected 'sinc' or 'block'")
     opts = system_opts(system)
     thickness = float(slice_thickness if slice_thickness is not None else seq.info.fov[2])
@@ -332,13 +360,14 @@ def export_seq(
     units: list[tuple[str, int, int, Any]] = []  # (kind, rep, event, unit)
     for r, rep in enumerate(reps):
         if _plays_rf(rep):
-            units.append(("rf", r, -1, _rf_unit(rep, opts, rf, rf_duration, tbw, apodization, thickness)))
+            units.append(("rf", r, -1, _rf_unit(rep, opts, system.iec, rf, rf_duration, tbw, apodization,
+                                                thickness)))
         spans = {start: end for start, end in _spans(rep)}
         labels = iter(rep.readouts)
         e = 0
         while e < len(rep.events):
             if e in spans:
-                unit = _readout_unit(reps, r, e, spans[e], next(labels), opts, changes)
+                unit = _readout_unit(reps, r, e, spans[e], next(labels), opts, system.iec, changes)
                 units.append(("adc", r, e, unit))
                 e = spans[e]
             else:
@@ -376,7 +405,7 @@ def export_seq(
             after = nxt[3].pre
             moment = moment + nxt[3].comp_pre
         comp = np.zeros(3)
-        traps, need = _event_traps(moment, opts)
+        traps, need = _event_traps(moment, opts, system.iec)
         available = event.time - before - after
         block = max(_round(available, opts.block_duration_raster), 0.0)
         need = _ceil(need, opts.block_duration_raster)

@@ -43,11 +43,12 @@ class PulseUsage(StrEnum):
 
 
 class PulseShape(BaseModel):
-    """Shape the exporter gives the pulse; simulators treat every pulse as instantaneous."""
+    """Shape the exporter gives the pulse (by default MRzero's: a 1-ms slice-selective sinc of time-bandwidth
+    4); simulators treat every pulse as instantaneous."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["block", "sinc"] = "block"
+    kind: Literal["block", "sinc"] = "sinc"
     duration: float = Field(default=1e-3, gt=0, description="s")
     time_bandwidth: float = Field(default=4.0, gt=0)
 

@@ -1,9 +1,11 @@
 """Protocol files: the YAML a user writes to describe a sequence, validated by pydantic.
 
 Each file has a ``kind`` (``se``, ``gre``, ``tse``, ``bssfp``, ``irgre``) that selects its schema. Keys name
-their non-SI unit (``te_ms``, ``fov_mm``, ``dwell_us``…); unknown keys are errors. Timing is checked against
-the Cartesian readout of :mod:`mrbridge.sequence.builders`: ``matrix`` samples of ``dwell_us`` each, the
-echo (k = 0) ``matrix/2 + 1`` dwells after the readout starts and ``matrix/2 − 1`` dwells before it ends.
+their non-SI unit (``te_ms``, ``fov_mm``, ``dwell_us``…); unknown keys are errors. Some kinds set the
+durations of the RF shapes the exporter plays (``rf_ms``, ``refocusing_rf_ms``, ``inversion_rf_ms``: each
+pulse's ``PulseShape.duration``, 1 ms otherwise); the model's pulses are instantaneous. Timing is checked
+against the Cartesian readout of :mod:`mrbridge.sequence.builders`: ``matrix`` samples of ``dwell_us`` each,
+the echo (k = 0) ``matrix/2 + 1`` dwells after the readout starts and ``matrix/2 − 1`` dwells before it ends.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ class SpinEchoProtocol(_ProtocolBase):
     tr_ms: float = Field(default=10_000.0, gt=0)
     flip_angle_deg: float = Field(default=90.0, gt=0, le=180)
     refocusing_angle_deg: float = Field(default=180.0, gt=0, le=180)
+    rf_ms: float = Field(default=1.0, gt=0, le=100, description="excitation pulse duration")
+    refocusing_rf_ms: float = Field(default=1.0, gt=0, le=100, description="refocusing pulse duration")
     spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
 
     @model_validator(mode="after")
@@ -160,6 +164,8 @@ class TseProtocol(_ProtocolBase):
     order: Literal["linear", "centric"] = "linear"
     flip_angle_deg: float = Field(default=90.0, gt=0, le=180)
     refocusing_angle_deg: float = Field(default=180.0, gt=0, le=180)
+    rf_ms: float = Field(default=1.0, gt=0, le=100, description="excitation pulse duration")
+    refocusing_rf_ms: float = Field(default=1.0, gt=0, le=100, description="refocusing pulse duration")
     spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
 
     @property
@@ -241,6 +247,7 @@ class IrGreProtocol(_ProtocolBase):
     order: Literal["linear", "centric"] = "linear"
     rf_spoiling_deg: float = Field(default=117.0, ge=0, lt=360, description="quadratic increment; 0 = off")
     spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
+    inversion_rf_ms: float = Field(default=1.0, gt=0, le=100, description="inversion pulse duration")
 
     @model_validator(mode="after")
     def _timing(self) -> IrGreProtocol:

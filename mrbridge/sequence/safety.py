@@ -8,8 +8,8 @@ fraction · patient mass). Limits (IEC 60601-2-33 normal mode): head 3.2 W/kg, w
 partial body 10 − 8·(exposed mass / patient mass) W/kg; any 10-s average at most 2× those.
 
 PNS: the SAFE model (pypulseq ``calculate_pns``) when the system has its parameters; otherwise the IEC dB/dt
-estimate: each gradient ramp of duration τ and slew S gives dB/dt = S · r (r = 0.2 m, the compliance cylinder),
-compared with 0.8 · 20 T/s · (1 + 0.36 ms / τ).
+estimate of :mod:`mrbridge.sequence.pns`: each gradient ramp (each linear piece of the waveform) of duration τ
+and slew S gives dB/dt = S · r (r = 0.2 m, the compliance cylinder), compared with 0.8 · 20 T/s · (1 + 0.36 ms / τ).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from mrbridge.atomic import atomic_write_text
 from mrbridge.errors import ConfigError
 from mrbridge.sequence.import_seq import read_pulseq
+from mrbridge.sequence.pns import pns_ratio
 from mrbridge.system import System
 
 
@@ -153,9 +154,8 @@ def _gradient_checks(pseq: pp.Sequence, system: System, starts: np.ndarray) -> l
                                   block=_block_at(starts, float(x[k])), time_s=float(x[k])))
         ramps = s_abs > 1e-3
         if ramps.any():
-            tau_ms = seg[ramps] * 1e3
-            limit = iec.dbdt_normal_mode_fraction * iec.dbdt_rheobase_t_per_s * (1 + iec.dbdt_chronaxie_ms / tau_ms)
-            ratio = s_abs[ramps] * iec.dbdt_radius_m / limit
+            tau = seg[ramps]
+            ratio = pns_ratio(s_abs[ramps] * tau, tau, iec)  # each segment a ramp by slew × duration
             j = int(np.argmax(ratio))
             if ratio[j] > worst_pns[0]:
                 t_r = float(x[:-1][ramps][j])

@@ -319,7 +319,7 @@ class _Step:
     t_key: torch.Tensor  # (nT',) candidate key of each new transverse state, in [qT, −qT, qL, −qL]
     l_key: torch.Tensor  # (nL',) candidate key of each new longitudinal state, in [qT, qL]
     l_key_sign: torch.Tensor  # (nL',) ±1: into the canonical half space
-    zero: int  # the q = 0 longitudinal state
+    zero: torch.Tensor  # (1,) long: the q = 0 longitudinal state
     emit: int
 
 
@@ -358,15 +358,15 @@ class _Segment:
             u = (-1j * e.conj()) * (sin * e2).to(cdtype)
             e1 = torch.exp(-rep.time[-1] / t1)
             t, ell = step.t_index, step.l_index
-            F_new = c2 * F[t[0]] + s2 * F[t[1]].conj() + h * (Z[t[2]] + Z[t[3]].conj())
-            Z_new = (e1 * torch.cos(angle)).to(cdtype) * Z[ell[2]] + e1.to(cdtype) * (
-                u * F[ell[0]] + u.conj() * F[ell[1]].conj())
-            recovery = torch.zeros((Z_new.shape[0], 1), dtype=cdtype, device=Z.device)
-            recovery[step.zero] = 1
-            Z = Z_new + recovery * (1 - e1).to(cdtype)
+            # index_select, not F[t[0]]: same values, and its backward (index_add) is several times faster
+            F_new = c2 * F.index_select(0, t[0]) + s2 * F.index_select(0, t[1]).conj() + h * (
+                Z.index_select(0, t[2]) + Z.index_select(0, t[3]).conj())
+            Z_new = (e1 * torch.cos(angle)).to(cdtype) * Z.index_select(0, ell[2]) + e1.to(cdtype) * (
+                u * F.index_select(0, ell[0]) + u.conj() * F.index_select(0, ell[1]).conj())
+            Z = Z_new.index_add(0, step.zero, (1 - e1).to(cdtype)[None])  # recovery into q = 0
             shifted = qT + before
-            qT, qL = (torch.cat([shifted, -shifted, qL, -qL])[step.t_key],
-                      torch.cat([shifted, qL])[step.l_key] * step.l_key_sign[:, None])
+            qT, qL = (torch.cat([shifted, -shifted, qL, -qL]).index_select(0, step.t_key),
+                      torch.cat([shifted, qL]).index_select(0, step.l_key) * step.l_key_sign[:, None])
             F = F_new
             if rep.adc.numel():
                 outputs += [F[:step.emit], qT[:step.emit]]
@@ -435,7 +435,7 @@ def _plan(reps: list[_RepTensors], tissue: _Tissue, accuracy: float) -> list[_St
         l_key = first_l[order_l]
         zero = int(np.nonzero(order_l == inv_l[zero_cand])[0][0])
         steps.append(_Step(index(t_index), index(l_index), index(t_key), index(l_key),
-                           torch.as_tensor(sign[l_key], dtype=tissue.dtype, device=device), zero,
+                           torch.as_tensor(sign[l_key], dtype=tissue.dtype, device=device), index(np.array([zero])),
                            int(np.count_nonzero(emit[order]))))
         # advance the representative states and the keys (as the main pass does)
         F, Z = F_new[order], Z_new[order_l]
@@ -474,6 +474,10 @@ def _merge(keys: np.ndarray, amplitudes: np.ndarray) -> tuple[np.ndarray, np.nda
     summed amplitudes (states, P))."""
     hashed = (keys * _HASH).sum(1)
     _, first, inv = np.unique(hashed, return_index=True, return_inverse=True)
-    merged = np.zeros((first.shape[0], amplitudes.shape[1]), complex)
-    np.add.at(merged, inv, amplitudes)
+    # the sums of np.add.at (in candidate order, so bit for bit), as two bincounts: several times faster
+    states, columns = first.shape[0], amplitudes.shape[1]
+    bins = (inv[:, None] * columns + np.arange(columns)).reshape(-1)
+    merged = np.empty((states, columns), complex)
+    merged.real = np.bincount(bins, amplitudes.real.reshape(-1), states * columns).reshape(states, columns)
+    merged.imag = np.bincount(bins, amplitudes.imag.reshape(-1), states * columns).reshape(states, columns)
     return inv, first, merged

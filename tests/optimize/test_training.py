@@ -93,3 +93,17 @@ def test_random_restarts_keep_the_best_trial(tmp_path: Path) -> None:
     assert best is not trials[-1]  # (this seed) so continuing from the last trial would fail below
     # the joint step starts from the best trial: its angles are one Adam step (≤ lr·(1 + ε)) away
     assert abs(float(rows[-1]["flip_angle_mean"]) - float(best["flip_angle_mean"])) < 0.2 * 1.01
+
+
+def test_trained_tikhonov_grows_with_noise_and_lands_in_the_bundle(tmp_path: Path) -> None:
+    """CG with a trainable λ on noisy Cartesian data: E is unitary, so the image is Eᴴy / (1 + λ) and the MSE
+    against the noise-free target is lowest for a shrinkage λ > 0 that grows with the noise; from λ = 10⁻³ the
+    trained λ must grow, and the bundle's recon.pt carries it."""
+    torch.set_num_threads(1)
+    task = gre_from_zero(iterations=12, recon_lr=0.3)
+    task["parameters"] = [{**task["parameters"][0], "init": "template"}]  # the target's Cartesian GRE at 5°
+    task["recon"] = {"config": {"method": "cg", "iterations": 2, "tikhonov": 1e-3, "train_tikhonov": True}}
+    task["data"]["noise"] = 0.2
+    optimize(write(tmp_path / "gre.yaml", task), tmp_path / "run", progress=False)
+    learned = float(Recon.load(tmp_path / "run").tikhonov().detach())
+    assert learned > 1e-2, f"λ went from 1e-3 to {learned:.2e}, expected to grow with noisy data"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import ismrmrd
 import pytest
 import torch
+from torch.func import functional_call
 
 from mrbridge.errors import InputError
 from mrbridge.raw.rawdata import RawData, RawHeader
 from mrbridge.recon.coils import estimate_sensitivities
-from mrbridge.recon.operators import FourierOp
+from mrbridge.recon.operators import FourierOp, NonCartesianOp
 from mrbridge.recon.pipeline import Recon, ReconConfig, prewhiten
 from mrbridge.twin.coils import simulated_coils
 from tests.helpers import assert_gradcheck, nrmse
@@ -124,3 +128,41 @@ def test_labels_outside_the_matrix_are_an_input_error() -> None:
     raw.labels["kspace_encode_step_1"] = torch.tensor([0, 1, 2, 9])
     with pytest.raises(InputError, match="kspace_encode_step_1 up to 9"):
         Recon()(raw)
+
+
+def test_trained_tikhonov_gradient_and_solution() -> None:
+    """λ as a parameter: the CG image is (AᴴA + λI)⁻¹Aᴴy (against a direct solve), and the image passes
+    gradcheck w.r.t. log λ."""
+    gen = torch.Generator().manual_seed(5)
+    ky, kx = torch.meshgrid(torch.arange(4) - 2.0, torch.arange(4) - 2.0, indexing="ij")
+    traj = torch.stack((kx / FOV[0], ky / FOV[1], torch.zeros_like(kx)), -1).double()
+    traj = traj + 0.4 * torch.rand(traj.shape, generator=gen, dtype=torch.float64) / FOV[0]
+    kdata = torch.randn(1, 4, 4, dtype=torch.complex128, generator=gen)
+    config = ReconConfig(method="cg", iterations=16, coil_combine="sensitivity", tikhonov=0.3, train_tikhonov=True)
+    recon = Recon(config).double()
+    assert recon.log_tikhonov is not None and float(recon.tikhonov().detach()) == pytest.approx(0.3)
+    image = recon(tiny_raw(kdata, traj)).data.detach().reshape(-1)
+    op = NonCartesianOp(traj.reshape(-1, 3), (1, 4, 4), FOV)
+    a = op(torch.eye(16, dtype=torch.complex128).reshape(16, 1, 4, 4)).T  # (samples, voxels)
+    direct = torch.linalg.solve(a.conj().T @ a + 0.3 * torch.eye(16), a.conj().T @ kdata.reshape(-1))
+    torch.testing.assert_close(image, direct, rtol=1e-6, atol=1e-8)
+
+    short = Recon(config.model_copy(update={"iterations": 5})).double()  # unconverged: every iteration counts
+    log_lambda = torch.tensor(math.log(0.3), dtype=torch.float64, requires_grad=True)
+    assert_gradcheck(lambda v: functional_call(short, {"log_tikhonov": v}, (tiny_raw(kdata, traj),)).data,
+                     log_lambda)
+    with pytest.raises(ValueError, match="train_tikhonov needs method"):
+        ReconConfig(method="fft", tikhonov=0.1, train_tikhonov=True)
+    with pytest.raises(ValueError, match="tikhonov > 0"):
+        ReconConfig(method="cg", train_tikhonov=True)
+
+
+def test_trained_tikhonov_round_trips_through_a_bundle(tmp_path: Path) -> None:
+    recon = Recon(ReconConfig(method="cg", tikhonov=0.05, train_tikhonov=True))
+    with torch.no_grad():
+        recon.log_tikhonov.fill_(math.log(0.7))  # type: ignore[union-attr]
+    recon.save(tmp_path)
+    assert float(Recon.load(tmp_path).tikhonov()) == pytest.approx(0.7)
+    (tmp_path / "recon.pt").unlink()
+    with pytest.raises(InputError, match="train_tikhonov=True need the trained weights"):
+        Recon.load(tmp_path)
