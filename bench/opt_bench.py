@@ -10,7 +10,8 @@ Run by hand (never part of pass/fail), e.g. on the 2-core CPU::
 ``gre0``  protocols/mrzero_gre_from_zero.yaml (32×32): wall time and the first validation with NRMSE < 0.1.
 ``sar``   protocols/mrzero_gre_sar.yaml: mean flip angle and SAR proxy before/after, image NRMSE.
 ``t1``    protocols/mrzero_t1_mapping.yaml: learned TIs and the validation T1 error.
-``speed`` sequence steps per second of the GRE-from-zero and SPIN tasks with each engine.
+``speed`` sequence steps per second of the GRE-from-zero and SPIN tasks with each engine (Bloch: the
+          task's spins, else 64).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from mrbridge.optimize.task import load_task
+from mrbridge.optimize.task import parse_task
 from mrbridge.optimize.trainer import Trainer, optimize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,14 +91,17 @@ def t1(out: Path) -> None:
           f"MAE {final['val_t1_mae_s']:.3f} s")  # type: ignore[index]
 
 
-def speed(out: Path, steps: int = 5) -> None:
+def speed(out: Path, steps: int = 5, spins: int = 64) -> None:
+    """Sequence steps per second with each engine; the Bloch engine with the task's spins, else ``spins``."""
     for name in ("mrzero_gre_from_zero.yaml", "spin_flip_angle.yaml"):
-        task = load_task(PROTOCOLS / name)
-        rates = {}
+        data = yaml.safe_load((PROTOCOLS / name).read_text())
+        rates, count = {}, data["sim"].get("spins") or spins
         for engine in ("bloch", "graph"):
+            data["sim"] = {"engine": engine, **({"spins": count} if engine == "bloch" else {})}
+            task = parse_task(data, name, PROTOCOLS)
             folder = out / f"speed-{engine}"
             shutil.rmtree(folder, ignore_errors=True)
-            trainer = Trainer(task, folder, engine=engine, progress=False)
+            trainer = Trainer(task, folder, progress=False)
             first = next(i for i, p in enumerate(trainer.phases) if p.kind in ("sequence", "joint"))
             trainer.step = sum(p.steps for p in trainer.phases[:first])
             trainer._one_step()  # warm-up (plans, caches, targets)
@@ -104,7 +109,7 @@ def speed(out: Path, steps: int = 5) -> None:
             for _ in range(steps):
                 trainer._one_step()
             rates[engine] = steps / (time.perf_counter() - start)
-        print(f"speed {name}: bloch {rates['bloch']:.3f} steps/s, graph {rates['graph']:.3f} steps/s, "
+        print(f"speed {name}: bloch ({count} spins) {rates['bloch']:.3f} steps/s, graph {rates['graph']:.3f} steps/s, "
               f"graph/bloch {rates['graph'] / rates['bloch']:.2f} ({_load()})")
 
 

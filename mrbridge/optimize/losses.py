@@ -114,17 +114,17 @@ def scan_time(seq: Sequence) -> torch.Tensor:
     return seq.duration
 
 
-def hardware_penalty(seq: Sequence, system: System) -> torch.Tensor:
-    """How far the gradients exceed the system's amplitude, slew and PNS limits (0 when they fit).
+def hardware_penalty(seq: Sequence, system: System, *, margin: float = 1.0) -> torch.Tensor:
+    """How far the gradients exceed ``margin`` × the system's amplitude, slew and PNS limits (0 when they fit).
 
     Each event plays its moment m over its duration T as the mean amplitude g = m/T (Hz/m); the amplitude
     changes from event to event over half of each event, Δt = (T_prev + T)/2, and starts and ends each repetition
     at 0 (the RF pulse). Each such step is a ramp of duration Δt for the IEC dB/dt estimate
     (:mod:`mrbridge.sequence.pns`): ρ = |Δg|/γ · r / (f·b·(Δt + c)), the dB/dt S·r of slew S = |Δg|/(γ·Δt) over
-    its limit f·b·(1 + c/Δt). Returns () Σ relu(|g|/G − 1)² + Σ relu(|Δg|/(Δt·S) − 1)² + Σ relu(ρ − 1)² over
-    events and axes.
+    its limit f·b·(1 + c/Δt). With μ = ``margin``, returns () Σ relu(|g|/(μG) − 1)² + Σ relu(|Δg|/(μSΔt) − 1)²
+    + Σ relu(ρ/μ − 1)² over events and axes.
     """
-    g_max, s_max, gamma = system.max_grad, system.max_slew, system.gamma_hz_per_t
+    g_max, s_max, gamma = margin * system.max_grad, margin * system.max_slew, system.gamma_hz_per_t
     total = torch.zeros((), dtype=seq[0].gradm.dtype, device=seq[0].gradm.device)
     for rep in seq:
         if not rep.event_count:
@@ -136,5 +136,5 @@ def hardware_penalty(seq: Sequence, system: System) -> torch.Tensor:
         half = torch.cat([times[:1] / 2, (times[1:] + times[:-1]) / 2, times[-1:] / 2])  # (events + 1,)
         total = total + F.relu(g.abs() / g_max - 1).square().sum()
         total = total + F.relu(steps.abs() / (half[:, None] * s_max) - 1).square().sum()
-        total = total + F.relu(pns_ratio(steps.abs() / gamma, half[:, None], system.iec) - 1).square().sum()
+        total = total + F.relu(pns_ratio(steps.abs() / gamma, half[:, None], system.iec) / margin - 1).square().sum()
     return total

@@ -229,7 +229,7 @@ class JointModel(nn.Module):
                 value = losses.scan_time(out.sequence)
             else:
                 assert isinstance(spec, HardwareLoss)
-                value = losses.hardware_penalty(out.sequence, self.task.systems[spec.system])
+                value = losses.hardware_penalty(out.sequence, self.task.systems[spec.system], margin=spec.margin)
             terms[spec.kind] = terms.get(spec.kind, 0) + spec.weight * value
         terms["loss"] = torch.stack([v for v in terms.values()]).sum()
         return terms

@@ -190,12 +190,15 @@ class ScanTimeLoss(_Strict):
 
 
 class HardwareLoss(_Strict):
-    """Gradient amplitude and slew beyond ``system``'s limits (see :func:`~mrbridge.optimize.losses.
-    hardware_penalty`): 0 when every event's mean gradient and every change between events fit."""
+    """Gradient amplitude, slew and PNS beyond ``margin`` × ``system``'s limits (see :func:`~mrbridge.optimize.
+    losses.hardware_penalty`): 0 when every event's mean gradient and every change between events fit."""
 
     kind: Literal["hardware"]
     weight: float = Field(default=1.0, ge=0)
     system: str = "generic3t"
+    margin: float = Field(default=0.8, gt=0, le=1, description="fraction of each limit the penalty allows: the "
+                          "exporter plays changes faster than the penalty's model (within one ADC dwell less a "
+                          "gradient raster, at 0.95 of the PNS-safe slew)")
 
 
 LossTerm = Annotated[ImageLoss | SarLoss | ScanTimeLoss | HardwareLoss, Field(discriminator="kind")]

@@ -16,6 +16,10 @@ How the moment model becomes hardware events (all times on the system's rasters)
   g = m/Δt and the ADC on its flat top. Pulseq samples at delay + (i + ½)·Δt, the model at the end of event i;
   the neighbouring events absorb the moments and times of the ramps and of that half dwell, so that k and the
   time at every sample equal the model's.
+* A run of ADC events with one dwell Δt but different moments m_j (one learned moment per sample) becomes a
+  piecewise-linear readout gradient per axis: over the window of event j (Δt ending at sample j) it steps linearly
+  in τ from the previous level to a_j and stays flat, a_j chosen so that the window's area is m_j. τ (whole
+  gradient rasters, < Δt) is the shortest whose steps keep the PNS-safe slew; else :class:`ConfigError`.
 * Every gradient ramp keeps to the IEC dB/dt limit (:mod:`mrbridge.sequence.pns`): a trapezoid (event, readout or
   slice select) to amplitude G ramps with at most ``PNS_MARGIN`` × the slew S_max(G) that limit allows (and the
   system's max slew), so the file passes the IEC PNS check of :mod:`mrbridge.sequence.safety` by construction.
@@ -248,9 +252,9 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
     n = len(events)
     times = np.array([e.time for e in events])
     moments = np.stack([e.gradm for e in events])
-    if np.ptp(times) > _TOL or np.abs(moments - moments[0]).max() > 1e-6 * max(1.0, np.abs(moments).max()):
-        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: an ADC run must have equal durations and "
-                          "moments (a constant readout gradient) to be exported")
+    if np.ptp(times) > _TOL:
+        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: an ADC run must have equal durations (one "
+                          f"dwell) to be exported, has {times.min() * 1e6:.4g}–{times.max() * 1e6:.4g} µs")
     dwell = _round(float(times[0]), opts.adc_raster_time)
     if dwell <= 0:
         raise ConfigError(f"repetition {r}, event {first}: ADC dwell {times[0]:.3g} s rounds to 0 on the "
@@ -258,11 +262,10 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
     if abs(dwell - times[0]) > _TOL:
         for i in range(first, end):
             changes.append(TimingChange(r, i, float(times[0]), dwell, "ADC raster"))
+    if np.abs(moments - moments[0]).max() > 1e-6 * max(1.0, np.abs(moments).max()):
+        return _varying_readout(r, first, events, dwell, labels, opts, iec)
     amp = moments[0] / dwell  # Hz/m
-    worst = int(np.argmax(np.abs(amp)))
-    if abs(amp[worst]) > opts.max_grad * (1 + 1e-9):
-        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: readout gradient {amp[worst]:.4g} Hz/m on "
-                          f"{'xyz'[worst]} exceeds max_grad {opts.max_grad:.4g} Hz/m (dwell {dwell * 1e6:g} µs)")
+    _check_amplitude(amp[None], r, first, end, dwell, opts)
     graster = opts.grad_raster_time
     played = np.abs(amp) * dwell > _AREA_TOL / max(n, 1)
     peak = float(np.abs(amp).max())
@@ -274,10 +277,7 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
     aligned = dwell / 2 + math.ceil((least - dwell / 2) / braster - 1e-6) * braster
     on_raster = abs(_round(aligned, opts.rf_raster_time) - aligned) < _TOL
     delay = _round(aligned, opts.rf_raster_time) if on_raster else least
-    adc_phases = np.array([e.adc_phase for e in events])
-    mod = adc_phases - adc_phases[0]
-    adc = pp.make_adc(num_samples=n, dwell=dwell, delay=delay, phase_offset=float(adc_phases[0]), system=opts,
-                      phase_modulation=mod if np.abs(mod).max() > 0 else None)
+    adc = _run_adc(events, dwell, delay, opts)
     flat = _ceil(delay - rise + n * dwell, graster)
     comp_pre, comp_post = np.zeros(3), np.zeros(3)
     block: list[Any] = [adc]
@@ -293,11 +293,116 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
         duration = _ceil(2 * rise + flat, opts.block_duration_raster)
     else:
         duration = _ceil(delay + n * dwell + opts.adc_dead_time, opts.block_duration_raster)
-    for name, key in LABEL_NAMES.items():
-        block.append(pp.make_label(type="SET", label=key, value=int(getattr(labels, name))))
+    block.extend(_label_events(labels))
     pre = delay - dwell / 2
     post = duration - (delay + (n - 0.5) * dwell)
     return _ReadoutUnit(r, first, n, dwell, block, duration, pre, post, comp_pre, comp_post)
+
+
+def _run_adc(events: list[_Event], dwell: float, delay: float, opts: pp.Opts) -> Any:
+    """The ADC of a run: one sample per event, each event's phase."""
+    phases = np.array([e.adc_phase for e in events])
+    mod = phases - phases[0]
+    return pp.make_adc(num_samples=len(events), dwell=dwell, delay=delay, phase_offset=float(phases[0]),
+                       system=opts, phase_modulation=mod if np.abs(mod).max() > 0 else None)
+
+
+def _label_events(labels: ReadoutLabels) -> list[Any]:
+    return [pp.make_label(type="SET", label=key, value=int(getattr(labels, name)))
+            for name, key in LABEL_NAMES.items()]
+
+
+def _check_amplitude(amp: np.ndarray, r: int, first: int, end: int, dwell: float, opts: pp.Opts) -> None:
+    """ConfigError when a readout amplitude ``amp`` (…, 3) Hz/m exceeds max_grad."""
+    j, worst = np.unravel_index(int(np.argmax(np.abs(amp))), amp.shape)
+    if abs(amp[j, worst]) > opts.max_grad * (1 + 1e-9):
+        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: readout gradient {amp[j, worst]:.4g} Hz/m "
+                          f"on {'xyz'[worst]} exceeds max_grad {opts.max_grad:.4g} Hz/m (dwell {dwell * 1e6:g} µs)")
+
+
+def _flat_amplitudes(moments: np.ndarray, dwell: float, tau: float) -> np.ndarray:
+    """Amplitudes (n + 1, 3) Hz/m of a readout whose window j (one dwell D, ending at sample j) ramps linearly in
+    ``tau`` from a[j] to a[j + 1] and stays there: a[j + 1]·D − (a[j + 1] − a[j])·τ/2 = m_j. a[0] = m_0/D, so
+    window 0 is flat. The recursion damps any error by τ/(2D − τ) < 1 per window (τ < D)."""
+    a = np.empty((len(moments) + 1, 3))
+    a[0] = moments[0] / dwell
+    for j, m in enumerate(moments):
+        a[j + 1] = (m - a[j] * tau / 2) / (dwell - tau / 2)
+    return a
+
+
+def _varying_readout(r: int, first: int, events: list[_Event], dwell: float, labels: ReadoutLabels, opts: pp.Opts,
+                     iec: IecLimits) -> _ReadoutUnit:
+    """An ADC run whose samples have different moments: a piecewise-linear readout gradient per axis.
+
+    Window j = [t0 + j·D, t0 + (j + 1)·D] ends at sample j (Pulseq samples at delay + (j + ½)·D with
+    delay = t0 + D/2). In it the gradient ramps in τ from the previous window's amplitude to a_j and stays flat,
+    so its area is exactly m_j (:func:`_flat_amplitudes`). τ, a whole number of gradient rasters < D, is the
+    shortest whose steps keep within the PNS-safe slew (:func:`pns_slew`): short τ suit moments that alternate
+    from sample to sample, long τ (nearly continuous ramps) smoothly varying ones. Before t0 the gradient rises from 0,
+    after the last sample it falls to 0; the neighbouring events absorb those ramps' moments (comp_pre,
+    comp_post), so k at every sample equals the model's.
+    """
+    n, end = len(events), first + len(events)
+    moments = np.stack([e.gradm for e in events])
+    graster, braster = opts.grad_raster_time, opts.block_duration_raster
+    steps = dwell / graster
+    if abs(steps - round(steps)) > 1e-6 or round(steps) < 2:
+        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: the ADC samples have different moments, "
+                          f"which needs a dwell of a whole number (≥ 2) of {graster * 1e6:g}-µs gradient rasters; "
+                          f"the dwell is {dwell * 1e6:g} µs")
+    steps = round(steps)
+    played = np.abs(moments).max(axis=0) > _AREA_TOL
+    a = np.zeros((n + 1, 3))
+    best = (math.inf, 0.0, 0.0, 0.0)  # need/limit, need, limit, τ of the least bad τ
+    for k in range(1, steps):
+        tau = k * graster
+        a = _flat_amplitudes(moments, dwell, tau)
+        jump = float(np.abs(np.diff(a[:, played], axis=0)).max(initial=0.0))
+        # the needed slew grows with the jump, the PNS-allowed one falls: the largest jump is the worst
+        need, limit = jump / tau, pns_slew(jump, opts, iec)
+        if need <= limit * (1 + 1e-9):
+            break
+        best = min(best, (need / limit, need, limit, tau))
+    else:
+        _, need, limit, tau = best
+        raise ConfigError(
+            f"repetition {r}, events {first}–{end - 1}: the readout moments change too fast between samples: at "
+            f"best (transitions of {tau * 1e6:g} µs within the {dwell * 1e6:g}-µs dwell) the gradient steps by "
+            f"{need * tau / opts.gamma * 1e3:.4g} mT/m, slew {need / opts.gamma:.4g} T/m/s; the PNS-safe limit is "
+            f"{limit / opts.gamma:.4g} T/m/s")
+    a[:, ~played] = 0.0
+    _check_amplitude(a, r, first, end, dwell, opts)
+
+    def ramp(peak: float) -> int:  # gradient rasters to ramp 0 ↔ peak
+        return max(math.ceil(peak / pns_slew(peak, opts, iec) / graster - 1e-6), 1)
+
+    rise, fall = ramp(float(np.abs(a[0]).max())), ramp(float(np.abs(a[-1]).max()))
+    # window start t0 on the gradient and block rasters, after the rise and with the ADC past its dead time
+    unit = math.lcm(round(graster * 1e9), round(braster * 1e9)) * 1e-9
+    t0 = math.ceil(max(rise * graster, opts.adc_dead_time - dwell / 2) / unit - 1e-6) * unit
+    delay = t0 + dwell / 2
+    if abs(_round(delay, opts.rf_raster_time) - delay) > _TOL:
+        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: half the dwell ({dwell * 5e5:g} µs) is not on "
+                          f"the {opts.rf_raster_time * 1e6:g}-µs raster of the ADC delay")
+    start = round(t0 / graster)
+    ticks = [start - rise, start]
+    for j in range(n):
+        ticks += [start + j * steps + k, start + (j + 1) * steps]
+    ticks.append(ticks[-1] + fall)
+    times = np.asarray(ticks) * graster
+    comp_pre, comp_post = np.zeros(3), np.zeros(3)
+    block: list[Any] = [_run_adc(events, dwell, _round(delay, opts.rf_raster_time), opts)]
+    for axis in np.flatnonzero(played):
+        amplitudes = np.concatenate([[0.0, a[0, axis]], np.repeat(a[1:, axis], 2), [0.0]])
+        block.append(pp.make_extended_trapezoid(channel="xyz"[axis], times=times, amplitudes=amplitudes,
+                                                system=opts))
+        comp_pre[axis] = -a[0, axis] * rise * graster / 2
+        comp_post[axis] = -a[-1, axis] * fall * graster / 2
+    block.extend(_label_events(labels))
+    duration = _ceil(max(times[-1], delay + n * dwell + opts.adc_dead_time), braster)
+    post = duration - (delay + (n - 0.5) * dwell)
+    return _ReadoutUnit(r, first, n, dwell, block, duration, t0, post, comp_pre, comp_post)
 
 
 def _event_traps(moment: np.ndarray, opts: pp.Opts, iec: IecLimits) -> tuple[list[Any], float]:
