@@ -5,7 +5,9 @@ through its parametrisation into values in the key's unit (degrees, cycles per F
 
 * ``sigmoid``: v = lo + (hi − lo)·σ(u)  (bounded);
 * ``softplus``: v = lo + softplus(u)    (times above a lower bound);
-* ``identity``: v = u.
+* ``identity``: v = u, put back inside its bounds after every optimizer step (:meth:`SequenceParameters.project`:
+  projected gradient descent; a value on a bound keeps its gradient, where a saturated sigmoid or softplus has
+  none).
 
 :meth:`SequenceParameters.sequence` writes the values into a copy of the template, differentiably.
 """
@@ -188,6 +190,14 @@ class SequenceParameters(nn.Module):
                 value = np.clip(value, lo, hi)
             with torch.no_grad():
                 self.raw[i].copy_(torch.from_numpy(_inverse(spec, np.asarray(value, float)).reshape(shape)))
+
+    def project(self) -> None:
+        """Clamp every identity-parametrised raw value into its bounds (after each optimizer step)."""
+        with torch.no_grad():
+            for spec, raw in zip(self.specs, self.raw, strict=True):
+                lo, hi = spec.bounds()
+                if spec.parametrization() == "identity" and (lo is not None or hi is not None):
+                    raw.clamp_(lo, hi)
 
     def values(self) -> dict[str, torch.Tensor]:
         """Each parameter's values in its key's unit (differentiable); keys ``name`` (``name.2`` if repeated)."""

@@ -109,12 +109,14 @@ class TimeParam(_Param):
     name: Literal["event_time", "ti", "recovery"]
     events: Literal["all", "adc", "non_adc"] = "non_adc"
     bounds_ms: tuple[float, float | None] | None = (0.01, None)
-    parametrization_: Literal["softplus", "sigmoid"] = Field(default="softplus", alias="parametrization")
+    parametrization_: Literal["softplus", "sigmoid", "identity"] = Field(default="softplus", alias="parametrization")
 
     def bounds(self) -> tuple[float | None, float | None]:
         lo, hi = super().bounds()
         if lo is not None and lo < 0:
             raise ProtocolValueError("bounds_ms", [lo, hi], "durations cannot be negative")
+        if lo is None and self.parametrization() == "identity":
+            raise ProtocolValueError("bounds_ms", [lo, hi], "parametrization 'identity' needs a lower bound")
         return lo, hi
 
 
@@ -278,6 +280,9 @@ class OptimizerSpec(_Strict):
     iterations: int = Field(default=100, ge=1, description="joint: steps after the restarts")
     alternating: Alternating = Field(default_factory=Alternating)
     lr: float = Field(default=0.01, gt=0, description="sequence parameters")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="Adam's β1 of the sequence parameters; 0 in "
+                            "alternating runs keeps a round's steps from carrying the gradients of the previous "
+                            "round's network")
     recon_lr: float = Field(default=1e-3, gt=0, description="recon network / MLP")
     schedule: Schedule = Field(default_factory=Schedule)
     batch: int = Field(default=1, ge=1, description="twins per step (split over processes)")

@@ -89,7 +89,8 @@ class Trainer:
         self.model = JointModel(task, self.data, engine=engine, device=device)
         self.phases = phases(task)
         self.total = sum(p.steps for p in self.phases)
-        self.opt_seq = torch.optim.Adam(self._groups(self.model.params.raw, t.optimizer.lr), lr=t.optimizer.lr)
+        self.opt_seq = torch.optim.Adam(self._groups(self.model.params.raw, t.optimizer.lr), lr=t.optimizer.lr,
+                                        betas=(t.optimizer.momentum, 0.999))
         recon = self.model.recon_parameters()
         self.opt_recon = torch.optim.Adam(recon, lr=t.optimizer.recon_lr) if recon else None
         self.step = 0
@@ -219,6 +220,7 @@ class Trainer:
         if train_seq:
             self.dist.sum_gradients(self.model.sequence_parameters())
             self.opt_seq.step()
+            self.model.params.project()
         if train_recon:
             assert self.opt_recon is not None
             self.dist.sum_gradients(self.model.recon_parameters())

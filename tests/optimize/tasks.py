@@ -66,8 +66,10 @@ def t1_mapping(**optimizer: Any) -> dict[str, Any]:
     return {
         "kind": "task", "name": "tiny-t1",
         "sequence": {"protocol": IRGRE, "repeat": 3},
-        "parameters": [{"name": "ti", "init": "zero", "bounds_ms": [0.1, None], "lr": 50.0},
-                       {"name": "recovery", "init": "zero", "bounds_ms": [0.1, None], "lr": 50.0}],
+        "parameters": [{"name": "ti", "init": "zero", "bounds_ms": [0.1, None], "parametrization": "identity",
+                        "lr": 50.0},
+                       {"name": "recovery", "init": "zero", "bounds_ms": [0.1, None], "parametrization": "identity",
+                        "lr": 50.0}],
         "target": {"kind": "t1", "pd_threshold": 0.05},
         "recon": {"config": {"method": "fft"}, "mlp": {"hidden": [16, 16]}},
         "data": {"kind": "sparse", "train": 2, "validation": 1, "sparse": {"block": 4}},

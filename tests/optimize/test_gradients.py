@@ -162,3 +162,21 @@ def test_reference_image_noise_is_the_image_noise(tmp_path: Path) -> None:
     background = model.data[0].pd[0] == 0  # outside the head the magnitude is noise only: Rayleigh, mean σ√(π/2)
     sigma = float(noisy[background].mean()) / math.sqrt(math.pi / 2)
     assert sigma == pytest.approx(0.1 * scale, rel=0.3)
+
+
+def test_identity_times_are_projected_onto_their_bounds_and_keep_their_gradient() -> None:
+    """Projected gradient: a TI pushed below its bound comes back to the bound, where its gradient is alive
+    (a softplus there has slope e^−u ≈ 0 and freezes)."""
+    template = build_template(IrGreProtocol(matrix=8, lines_per_inversion=8, gre_tr_ms=10, tr_ms=1000), 1)
+    spec = TimeParam(name="ti", init="zero", bounds_ms=(0.1, None), parametrization="identity")
+    params = SequenceParameters(template, [spec])
+    with torch.no_grad():
+        params.raw[0].fill_(-300.0)  # where one Adam step of lr 300 ms would leave it
+    params.project()
+    assert float(params.values()["ti"][0].detach()) == pytest.approx(0.1)
+    seq = params.sequence()
+    inversion = next(rep for rep in seq if rep.pulse.usage == "inversion")
+    inversion.event_time[0].backward()
+    assert params.raw[0].grad is not None and float(params.raw[0].grad[0]) == pytest.approx(1e-3)  # s per ms
+    with pytest.raises(ValueError, match="needs a lower bound"):
+        TimeParam(name="ti", bounds_ms=None, parametrization="identity").bounds()
