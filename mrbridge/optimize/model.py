@@ -114,7 +114,7 @@ class JointModel(nn.Module):
 
     def target(self, index: int) -> tuple[torch.Tensor, float, float]:
         """(target, scale, reference max |signal|) of twin ``index``: the target is (contrasts, y, x) scaled
-        for image targets, (y, x) T1 in s for ``t1``; cached."""
+        for image targets, (y, x) T1 in s for ``t1``; cached (a trained λ keeps the target of its first value)."""
         if index in self._targets:
             return self._targets[index]
         t = self.task.task.target

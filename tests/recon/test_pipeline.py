@@ -162,7 +162,7 @@ def test_trained_tikhonov_round_trips_through_a_bundle(tmp_path: Path) -> None:
     with torch.no_grad():
         recon.log_tikhonov.fill_(math.log(0.7))  # type: ignore[union-attr]
     recon.save(tmp_path)
-    assert float(Recon.load(tmp_path).tikhonov()) == pytest.approx(0.7)
+    assert float(Recon.load(tmp_path).tikhonov().detach()) == pytest.approx(0.7)
     (tmp_path / "recon.pt").unlink()
     with pytest.raises(InputError, match="train_tikhonov=True need the trained weights"):
         Recon.load(tmp_path)
