@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pypulseq as pp
@@ -17,6 +16,7 @@ from mrbridge.sequence.pns import max_pns_slew, pns_ratio
 from mrbridge.sequence.protocol import GreProtocol, load_protocol
 from mrbridge.sequence.safety import check_safety
 from mrbridge.system import SYSTEMS_DIR, System
+from tests.export.common import read_back
 from tests.helpers import REPO
 
 
@@ -27,14 +27,6 @@ def prisma() -> System:
 
 def _check(report, prefix: str):
     return next(c for c in report.checks if c.name.startswith(prefix))
-
-
-def _read_back(path: Path) -> pp.Sequence:
-    seq = pp.Sequence()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        seq.read(str(path))
-    return seq
 
 
 def _ramps(pseq: pp.Sequence, gamma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +88,7 @@ def test_strong_readout_export_passes_iec_pns_on_prisma(prisma, tmp_path) -> Non
     assert _check(report, "timing errors").value == 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ok, errors = _read_back(tmp_path / "strong.seq").check_timing()
+        ok, errors = read_back(tmp_path / "strong.seq").check_timing()
     assert ok, errors
     pns = _check(report, "PNS (IEC")
     assert 90 < pns.value < 100  # slew at 95 % of the allowed one: dB/dt at 95–100 % of its limit
@@ -125,7 +117,7 @@ def test_pulse_shapes_reach_the_seq_file(prisma, tmp_path) -> None:
     export_seq(seq, prisma, rf_duration=2e-3, path=tmp_path / "se2.seq")
     for name, expected in (("se.seq", {"excitation": 1.5e-3, "refocusing": 3e-3}),
                            ("se2.seq", {"excitation": 2e-3, "refocusing": 2e-3})):
-        pseq = _read_back(tmp_path / name)
+        pseq = read_back(tmp_path / name)
         durations: dict[str, set[float]] = {}
         for block in pseq.block_events:
             rf = pseq.get_block(block).rf
