@@ -397,13 +397,10 @@ class ResolvedTask:
 
     def _protocol(self, spec: str | dict[str, Any], overrides: dict[str, Any], key: str) -> Protocol:
         if isinstance(spec, str):
-            path = self.base / spec
             try:
-                data = yaml.safe_load(path.read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"{self._where(key + '.protocol')} = {spec!r}: no such file {path}") from None
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{self._where(key + '.protocol')} = {spec!r}: not valid YAML ({err})") from None
+                data = load_yaml(self.base / spec)
+            except ConfigError as err:
+                raise ConfigError(f"{self._where(key + '.protocol')} = {spec!r}: {err}") from None
             where = f"{self.source} ({key}.protocol {spec})"
         else:
             data, where = spec, f"{self.source} ({key}.protocol)"
