@@ -14,8 +14,9 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "pulseq-tutorials"
 
 
 def shared_data(name: str) -> Path:
-    """Path of a real scanner file in ../shared/data; skips the test when ../shared is absent."""
-    path = SHARED_DATA / name
+    """Path of a real scanner file in ../shared/data (``pulseq-tutorials/`` unless ``name`` names its folder);
+    skips the test when ../shared is absent."""
+    path = SHARED_DATA / name if "/" not in name else SHARED_DATA.parent / name
     if not path.exists():
         pytest.skip(f"real scanner data not available: {path}")
     return path

@@ -10,15 +10,18 @@ Axes follow the Pulseq logical convention: x = readout, y = first phase encode, 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pypulseq as pp
+import torch
 
 from mrbridge.errors import InputError, where
-from mrbridge.raw.rawdata import LABELS
+from mrbridge.raw.rawdata import LABELS, RawData, RawHeader
+from mrbridge.sequence.import_seq import read_pulseq
+from mrbridge.sequence.rf_use import complete_rf_uses, rf_integral
 
 #: pypulseq counter labels → ISMRMRD encoding counters
 COUNTER_LABELS = {
@@ -38,6 +41,8 @@ COUNTER_LABELS = {
 FLAG_LABELS = {"NAV": 24, "REF": 20, "IMA": 21}
 #: a k-sample counts as on the Cartesian grid when it lies this many grid steps from a grid point at most
 GRID_TOLERANCE = 0.02
+#: k-space differences below this (1/m, a cycle per km) are taken as no step
+MIN_STEP = 1e-3
 
 
 @dataclass
@@ -68,10 +73,57 @@ class SeqReadouts:
     tr: list[float] = field(default_factory=list)
     flip_angle_deg: list[float] = field(default_factory=list)
     seq_labels: tuple[str, ...] = ()  # the pypulseq counter labels the sequence sets
+    rf_uses_inferred: dict[str, int] = field(default_factory=dict)  # pulses per use, for a file without RF use
+    fov_source: str = "file"  # "file", or how the FOV was found when [DEFINITIONS] has none
 
     @property
     def readouts(self) -> int:
         return int(self.num_samples.shape[0])
+
+    def notes(self) -> dict[str, str]:
+        """What was inferred rather than read from the file, for provenance and the user."""
+        notes = {}
+        if self.rf_uses_inferred:
+            uses = ", ".join(f"{n} {use}" for use, n in self.rf_uses_inferred.items())
+            notes["rf_use_inferred"] = f"{uses} (the file does not state the RF use)"
+        if self.fov_source != "file":
+            notes["fov_source"] = self.fov_source
+        return notes
+
+    def relabel(self, simulated: RawData) -> RawData:
+        """Simulated raw data of this ``.seq`` (e.g. from ``import_seq`` + ``simulate``) with the encoding the
+        scanner's raw data of it get here: ``recon`` and ``compare`` then treat both alike."""
+        h = simulated.header
+        return self.rawdata(simulated.kdata, noise=simulated.noise, provenance=simulated.provenance,
+                            field_strength_t=h.field_strength_t, larmor_hz=h.larmor_hz)
+
+    def twin_matrix(self) -> int:
+        """In-plane matrix a built-in twin needs to show this sequence's resolution (64 without encoding)."""
+        return self.matrix[1] if self.matrix[1] > 1 else self.matrix[0] if self.matrix[0] > 1 else 64
+
+    def rawdata(self, kdata: torch.Tensor, *, noise: torch.Tensor | None = None, provenance: dict[str, str],
+                **header: Any) -> RawData:
+        """Samples of this sequence's readouts, measured or simulated, with the encoding the ``.seq`` defines.
+
+        kdata: (coils, readouts, samples) complex64 in ADC order; ``header``: RawHeader fields of the source
+        (field strength, vendor, …). Both the twix reader and ``simulate --seq`` build their RawData here, so
+        measured and simulated data of one ``.seq`` carry identical labels, trajectory and header.
+        """
+        if tuple(kdata.shape[1:]) != (self.readouts, int(self.num_samples[0])):
+            raise InputError(f"{self.name}: {tuple(kdata.shape[1:])} readouts × samples; the .seq has "
+                             f"{self.readouts} × {int(self.num_samples[0])}")
+        head = RawHeader(
+            sequence_name=self.name, trajectory=self.trajectory, encoded_fov=self.fov,  # type: ignore[arg-type]
+            encoded_matrix=self.matrix, recon_fov=self.fov, recon_matrix=self.matrix, te=self.te, tr=self.tr,
+            flip_angle_deg=self.flip_angle_deg, coils=int(kdata.shape[0]), **header,
+        )
+        return RawData(
+            kdata=kdata, header=head, traj=torch.from_numpy(self.traj.astype(np.float32)),
+            labels={k: torch.from_numpy(v.astype(np.int64)) for k, v in self.labels.items()},
+            flags=torch.from_numpy(self.flags), sample_time=torch.from_numpy(self.sample_time), noise=noise,
+            dwell=self.dwell, center_sample=self.center_sample,
+            provenance={**provenance, "seq_labels": ",".join(self.seq_labels), **self.notes()},
+        )
 
 
 def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) -> SeqReadouts:
@@ -93,7 +145,10 @@ def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) ->
         the file cannot be read by pypulseq, has no ADC events, or has ADC events of different lengths.
     """
     seq_path = Path(seq_path)
-    seq = _load(seq_path)
+    if not seq_path.is_file():
+        raise InputError(f"{seq_path}: no such .seq file")
+    seq = read_pulseq(seq_path)
+    rf_uses = complete_rf_uses(seq)
     blocks = [seq.get_block(b) for b in seq.block_events]
     adc_blocks = [b for b in blocks if b.adc is not None]
     if not adc_blocks:
@@ -117,12 +172,10 @@ def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) ->
     traj = np.ascontiguousarray(k_adc[:, take].T.reshape(-1, n_s, 3))
     times = t_adc[take].reshape(-1, n_s)
 
-    fov = _fov(seq, seq_path)
+    fov, fov_source = _fov(seq, seq_path, traj)
     matrix = _matrix(seq, traj, fov)
     center = _center_sample(traj)
-    rf = [
-        b.rf for b in blocks if b.rf is not None and getattr(b.rf, "use", "excitation") in ("excitation", "undefined")
-    ]
+    rf = [b.rf for b in blocks if b.rf is not None and b.rf.use == "excitation"]
     exc_index = np.searchsorted(np.asarray(t_exc, dtype=np.float64), times[:, 0]) - 1
     used = tuple(k for k in COUNTER_LABELS if k in label_rows)
     _, fp_exc, _, _ = seq.rf_times()
@@ -151,36 +204,51 @@ def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) ->
         name=str(seq.definitions.get("Name", seq_path.stem)),
         te=_te(times[:, center], traj[:, center], exc_index, np.asarray(t_exc), labels["contrast"]),
         tr=_tr(np.asarray(t_exc)),
-        flip_angle_deg=sorted({round(math.degrees(_flip(r)), 3) for r in rf}),
+        flip_angle_deg=sorted({round(math.degrees(2 * math.pi * abs(rf_integral(r))), 3) for r in rf}),
         seq_labels=used,
+        rf_uses_inferred=rf_uses,
+        fov_source=fov_source,
     )
 
 
-def _load(seq_path: Path) -> pp.Sequence:
-    if not seq_path.is_file():
-        raise InputError(f"{seq_path}: no such .seq file")
-    seq = pp.Sequence()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            seq.read(str(seq_path))
-    except (ValueError, KeyError, IndexError, TypeError, RuntimeError, UnicodeDecodeError) as err:
-        raise InputError(f"{seq_path}: not a readable Pulseq .seq file ({type(err).__name__}: {err})") from err
-    return seq
 
 
-def _fov(seq: pp.Sequence, seq_path: Path) -> tuple[float, float, float]:
-    """FOV (x, y, z) in m from ``[DEFINITIONS] FOV`` (values > 1 are taken as mm)."""
+def _fov(seq: pp.Sequence, seq_path: Path, traj: np.ndarray) -> tuple[tuple[float, float, float], str]:
+    """FOV (x, y, z) in m and where it came from: ``[DEFINITIONS] FOV`` (values > 1 are taken as mm), else
+    1/(k-space step) per encoded axis (an axis without encoding takes the FOV of x, or 1 m without any)."""
     raw = seq.definitions.get("FOV")
     if raw is None:
-        raise InputError(f"{where(str(seq_path), '[DEFINITIONS] FOV')}: missing; expected the FOV in m (x y z)")
+        return _fov_from_kspace(traj)
     values = np.atleast_1d(np.asarray(raw, dtype=np.float64))
     if values.size < 2 or np.any(values <= 0):
         raise InputError(f"{where(str(seq_path), '[DEFINITIONS] FOV')}: {raw!r}; expected 2 or 3 positive values")
     if np.any(values > 1):
         values = values * 1e-3
     z = float(values[2]) if values.size > 2 else float(values[1])
-    return float(values[0]), float(values[1]), z
+    return (float(values[0]), float(values[1]), z), "file"
+
+
+def _fov_from_kspace(traj: np.ndarray) -> tuple[tuple[float, float, float], str]:
+    """FOV = 1/Δk per axis: Δk along x between neighbouring samples, along y and z between distinct lines."""
+    steps: list[float | None] = []
+    kx = np.abs(np.diff(traj[..., 0], axis=1))
+    steps.append(float(np.median(kx[kx > MIN_STEP])) if np.any(kx > MIN_STEP) else None)
+    centre = traj[:, traj.shape[1] // 2]
+    for axis in (1, 2):
+        levels = np.unique(np.round(centre[:, axis] / MIN_STEP) * MIN_STEP)
+        gaps = np.diff(levels)
+        gaps = gaps[gaps > MIN_STEP]
+        if gaps.size:  # the common gap, refined over the whole span of lines
+            span = float(levels[-1] - levels[0])
+            steps.append(span / round(span / float(np.median(gaps))))
+        else:
+            steps.append(None)
+    if steps[0] is None and steps[1] is None and steps[2] is None:
+        return (1.0, 1.0, 1.0), "none: no spatial encoding"
+    known = [1 / s for s in steps if s is not None]
+    fov = tuple(1 / s if s is not None else known[0] for s in steps)
+    shown = " × ".join(f"{f * 1e3:.1f}" for f in fov)
+    return fov, f"k-space step ({shown} mm; [DEFINITIONS] has no FOV)"  # type: ignore[return-value]
 
 
 def _matrix(seq: pp.Sequence, traj: np.ndarray, fov: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -228,9 +296,9 @@ def _derive_labels(
 ) -> dict[str, np.ndarray]:
     """Encoding counters of an unlabelled sequence from its k-space (see ``read_seq_readouts``)."""
     n = len(k_center)
-    step1 = np.clip(np.round(k_center[:, 1] * fov[1]).astype(np.int64) + matrix[1] // 2, 0, None)
+    step1 = _encode_steps(k_center[:, 1] * fov[1], matrix[1])
     if matrix[2] > 1:
-        step2 = np.clip(np.round(k_center[:, 2] * fov[2]).astype(np.int64) + matrix[2] // 2, 0, None)
+        step2 = _encode_steps(k_center[:, 2] * fov[2], matrix[2])
     else:
         step2 = np.zeros(n, dtype=np.int64)
     # one slice per distinct excitation frequency (Hz), readouts before any excitation in slice 0
@@ -257,6 +325,19 @@ def _derive_labels(
     }
 
 
+def _encode_steps(k_steps: np.ndarray, n: int) -> np.ndarray:
+    """(readouts,) int64 encoding steps round(k·FOV) + n//2 of phase-encode positions in k-steps.
+
+    Lines that span n steps but sit one off the centred grid (e.g. −n/2+1 … n/2, as a refocusing pulse leaves
+    them) are moved onto it: a whole k-step is a linear phase across the FOV, the magnitude is unchanged.
+    """
+    steps = np.round(k_steps).astype(np.int64) + n // 2
+    lo, hi = int(steps.min()), int(steps.max())
+    if hi - lo < n and (lo < 0 or hi >= n):
+        steps = steps - (lo if lo < 0 else hi - n + 1)
+    return np.clip(steps, 0, None)
+
+
 def _classify(traj: np.ndarray, fov: tuple[float, float, float], exc_index: np.ndarray) -> str:
     """Trajectory type of the readouts.
 
@@ -264,6 +345,8 @@ def _classify(traj: np.ndarray, fov: tuple[float, float, float], exc_index: np.n
     phase ramp to the image) and every readout samples the same k_x; "epi": several readouts per excitation
     alternating along x; else "other".
     """
+    if np.abs(traj).max() < MIN_STEP:
+        return "other"  # no spatial encoding: an FID
     steps = traj * np.asarray(fov)
     frac = steps - np.round(steps)
     shift = np.angle(np.exp(2j * np.pi * frac.reshape(-1, 3)).mean(axis=0)) / (2 * np.pi)
@@ -300,15 +383,3 @@ def _tr(t_exc: np.ndarray) -> list[float]:
         return []
     gaps, counts = np.unique(np.round(np.diff(t_exc), 7), return_counts=True)
     return [float(gaps[np.argmax(counts)])]
-
-
-def _flip(rf: object) -> float:
-    """Nominal flip angle in rad of a Pulseq RF event: 2π·|∫ signal dt| (signal in Hz)."""
-    signal = np.asarray(rf.signal)  # type: ignore[attr-defined]
-    t = np.asarray(rf.t, dtype=np.float64)  # type: ignore[attr-defined]
-    if signal.size < 2:
-        return 0.0
-    dt = np.diff(t)
-    if signal.size > 2 and np.allclose(dt, dt[0]):
-        return float(2 * np.pi * abs(signal.sum() * dt[0]))  # samples at raster centres
-    return float(2 * np.pi * abs(np.trapezoid(signal, t)))

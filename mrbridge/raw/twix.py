@@ -19,7 +19,7 @@ import torch
 import twixtools
 
 from mrbridge.errors import InputError, where
-from mrbridge.raw.rawdata import RawData, RawHeader
+from mrbridge.raw.rawdata import RawData
 from mrbridge.raw.seqreadouts import SeqReadouts, read_seq_readouts
 
 #: mdh flags of scans that are not ADC events of the sequence
@@ -49,44 +49,26 @@ def read_twix(dat_path: str | Path, seq_path: str | Path, *, trajectory_delay: f
     dat_path, seq_path = Path(dat_path), Path(seq_path)
     seq = read_seq_readouts(seq_path, trajectory_delay=trajectory_delay)
     scans = _read_scans(dat_path)
-    _check_match(scans.readouts, seq, dat_path, seq_path)
-    kdata = torch.from_numpy(np.stack(scans.readouts, axis=1))
+    readouts, segments = _rejoin(scans.readouts, seq.num_samples)
+    _check_match(readouts, seq, dat_path, seq_path)
+    kdata = torch.from_numpy(np.stack(readouts, axis=1))
     dicom = scans.header.get("Dicom") or {}
     field_t = _number(dicom, "flMagneticFieldStrength", dat_path)
-    header = RawHeader(
-        sequence_name=seq.name,
-        trajectory=seq.trajectory,  # type: ignore[arg-type]
-        encoded_fov=seq.fov,
-        encoded_matrix=seq.matrix,
-        recon_fov=seq.fov,
-        recon_matrix=seq.matrix,
+    return seq.rawdata(
+        kdata,
+        noise=_noise(scans.noise, int(kdata.shape[0])),
         field_strength_t=field_t,
         larmor_hz=float(dicom.get("lFrequency", 42.577478e6 * field_t)),
-        te=seq.te,
-        tr=seq.tr,
-        flip_angle_deg=seq.flip_angle_deg,
-        coils=int(kdata.shape[0]),
         system_vendor=str(dicom.get("Manufacturer", "Siemens")),
         system_model=str(dicom.get("ManufacturersModelName", "unknown")),
-    )
-    return RawData(
-        kdata=kdata,
-        header=header,
-        traj=torch.from_numpy(seq.traj.astype(np.float32)),
-        labels={k: torch.from_numpy(v.astype(np.int64)) for k, v in seq.labels.items()},
-        flags=torch.from_numpy(seq.flags),
-        sample_time=torch.from_numpy(seq.sample_time),
-        noise=_noise(scans.noise, int(kdata.shape[0])),
-        dwell=seq.dwell,
-        center_sample=seq.center_sample,
         provenance={
             "reader": "mrbridge.raw.twix",
             "dat": dat_path.name,
             "dat_sha256": _sha256(dat_path),
             "seq": seq_path.name,
             "seq_sha256": _sha256(seq_path),
-            "seq_labels": ",".join(seq.seq_labels),  # the rest derived from the .seq k-space
             "trajectory_delay_s": repr(trajectory_delay),
+            **({"adc_segments_rejoined": str(segments)} if segments else {}),
         },
     )
 
@@ -141,6 +123,33 @@ def _roles(mdbs: list[Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         data = np.atleast_2d(np.asarray(mdb.data, dtype=np.complex64))
         (noise if mdb.is_flag_set("NOISEADJSCAN") else readouts).append(data)
     return readouts, noise
+
+
+def _rejoin(scans: list[np.ndarray], num_samples: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """Join the segments into which the scanner split long ADC events (twix ``MaxAdcSegmentLength``).
+
+    scans: (coils, samples) per twix scan in order; num_samples: (adcs,) samples of each ADC event of the
+    ``.seq``. Consecutive scans shorter than their ADC event are concatenated until they reach its length.
+    Returns the readouts and the number of ADC events that were rejoined; the scans unchanged when they do not
+    add up (the mismatch is then reported by the caller).
+    """
+    if len(scans) == len(num_samples):
+        return scans, 0
+    joined: list[np.ndarray] = []
+    rejoined = 0
+    i = 0
+    for n in num_samples:
+        parts = []
+        have = 0
+        while i < len(scans) and have < n:
+            parts.append(scans[i])
+            have += scans[i].shape[1]
+            i += 1
+        if have != n or len({p.shape[0] for p in parts}) != 1:
+            return scans, 0
+        joined.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
+        rejoined += len(parts) > 1
+    return (joined, rejoined) if i == len(scans) else (scans, 0)
 
 
 def _check_match(readouts: list[np.ndarray], seq: SeqReadouts, dat_path: Path, seq_path: Path) -> None:

@@ -93,6 +93,9 @@ PNG_MIN_WIDTH = 256
 def write_png(image: Image, path: str | Path) -> None:
     """Write the magnitude of every (frame, z) slice as a grayscale montage PNG (+y up), scaled to its max;
     montages narrower than PNG_MIN_WIDTH are enlarged by an integer factor (each voxel a block of pixels)."""
+    if image.meta.get("method") == "spectrum":
+        _write_spectrum_png(image, path)
+        return
     frames = np.abs(_frames(image)).astype(np.float32)
     slices = frames.reshape(-1, *frames.shape[-2:])
     n = slices.shape[0]
@@ -108,4 +111,28 @@ def write_png(image: Image, path: str | Path) -> None:
     vmax = float(montage.max()) or 1.0
     buffer = io.BytesIO()
     matplotlib.image.imsave(buffer, montage, cmap="gray", vmin=0.0, vmax=vmax, origin="lower", format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _write_spectrum_png(image: Image, path: str | Path) -> None:
+    """Spectra (rows of an image of ``method`` "spectrum") as magnitude against frequency in Hz."""
+    from matplotlib.figure import Figure
+
+    rows = np.abs(_frames(image)).reshape(-1, image.data.shape[-1])
+    n = rows.shape[-1]
+    hz = image.meta["spectrum_first_hz"] + image.meta["spectrum_step_hz"] * np.arange(n)
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, row in enumerate(rows[:8]):
+        ax.plot(hz, row, lw=0.8, label=f"readout {i}" if len(rows) > 1 else None)
+    strong = hz[(rows > 0.01 * rows.max()).any(0)]  # zoom onto the lines: where any spectrum exceeds 1 % of max
+    if strong.size:
+        half = max(3 * float(np.abs(strong).max()), 200.0)
+        ax.set_xlim(max(-half, float(hz[0])), min(half, float(hz[-1])))
+    ax.set_xlabel("frequency (Hz)")
+    ax.set_ylabel("|spectrum|")
+    if len(rows) > 1:
+        ax.legend(fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(path, buffer.getvalue())

@@ -2,9 +2,9 @@
 
 * Every RF pulse becomes an instantaneous pulse at its centre (``calc_rf_center``); its angle is 2π·|∫ B1 dt|
   (Hz·s) of the shape and its phase the pulse's phase offset plus the phase of that integral. Its usage is the
-  file's ``use`` when given, otherwise inferred: below 100° excitation; larger pulses refocus, unless the next
-  pulse is an excitation with no ADC in between (then inversion). Its :class:`PulseWaveform` keeps the shape as
-  played (resampled on the RF raster, at most ``MAX_WAVEFORM_SAMPLES`` samples) and the z gradient during it.
+  file's ``use`` when given, otherwise inferred from its angle and place (:mod:`mrbridge.sequence.rf_use`).
+  Its :class:`PulseWaveform` keeps the shape as played (resampled on the RF raster, at most
+  ``MAX_WAVEFORM_SAMPLES`` samples) and the z gradient during it.
 * Every ADC sample at t = block start + delay + (i + ½)·dwell ends an ADC event of one dwell (shorter only when
   a landmark is closer); a non-ADC event fills the time up to each readout's first event and to the next RF.
 * Each event's moment is the integral of the gradient waveforms over its interval, so k at every sample equals
@@ -38,6 +38,7 @@ from mrbridge.sequence.model import (
     Sequence,
     SequenceInfo,
 )
+from mrbridge.sequence.rf_use import infer_uses, rf_integral
 
 SUPPORTED_VERSIONS = ((1, 4), (1, 5))
 UNUSED_AXIS_MOMENT = 0.01  # 1/m: 10⁻⁵ cycles across a 1-mm voxel
@@ -133,16 +134,6 @@ def _check_shapes(path: Path, seq: pp.Sequence) -> None:
                              "the file is truncated")
 
 
-def _rf_integral(rf: Any) -> complex:
-    """∫ signal dt (Hz·s) of an RF event."""
-    t, s = np.asarray(rf.t, dtype=float), np.asarray(rf.signal)
-    if len(t) > 2:
-        dt = np.diff(t)
-        if np.ptp(dt) < 1e-9 and abs(t[0] - dt[0] / 2) < 1e-9:  # piecewise constant on a raster
-            return complex(s.sum() * dt[0])
-    return complex(np.trapezoid(s, t))
-
-
 def _definition(seq: pp.Sequence, key: str) -> Any:
     value = seq.definitions.get(key)
     return None if value is None else np.atleast_1d(value)
@@ -176,7 +167,7 @@ def _convert(pseq: pp.Sequence, path: Path, dtype: torch.dtype) -> Sequence:
         if rf_id:
             if rf_id not in rf_cache:
                 rf = block.rf
-                integral = _rf_integral(rf)
+                integral = rf_integral(rf)
                 signal = np.abs(np.asarray(rf.signal))
                 rf_cache[rf_id] = {
                     "centre": rf.delay + pp.calc_rf_center(rf)[0],
@@ -269,17 +260,12 @@ def _convert(pseq: pp.Sequence, path: Path, dtype: torch.dtype) -> Sequence:
 
 
 def _infer_usage(pulses: list[dict[str, Any]], adcs: list[tuple[np.ndarray, np.ndarray, float]]) -> None:
-    adc_starts = np.array([x[0][0] for x in adcs]) if adcs else np.zeros(0)
-    for i, p in enumerate(pulses):
-        if p["use"] in _USES:
-            p["usage"] = _USES[p["use"]]
-        elif p["angle"] < math.radians(100):
-            p["usage"] = PulseUsage.EXCITATION
-        else:
-            nxt = pulses[i + 1] if i + 1 < len(pulses) else None
-            no_adc = nxt is not None and not np.any((adc_starts > p["time"]) & (adc_starts < nxt["time"]))
-            small_next = nxt is not None and nxt["angle"] < math.radians(100)
-            p["usage"] = PulseUsage.INVERSION if no_adc and small_next else PulseUsage.REFOCUSING
+    """Each pulse's usage: the file's ``use`` where given, else inferred (:func:`infer_uses`)."""
+    inferred = infer_uses(np.array([p["time"] for p in pulses]),
+                          np.array([math.degrees(p["angle"]) for p in pulses]),
+                          np.array([x[0][0] for x in adcs]))
+    for p, guess in zip(pulses, inferred, strict=True):
+        p["usage"] = _USES[p["use"] if p["use"] in _USES else guess]
 
 
 def _waveform(rf: Any, start: float, poly_z: Any, raster: float) -> PulseWaveform:
