@@ -115,7 +115,7 @@ def _xml_header(raw: RawData) -> str:
         else None,
         userParameters=user,
     )
-    return str(xsd.ToXML(header))
+    return str(xsd.ToXML(header, encoding="utf-8"))  # provenance may hold any text (paths, units)
 
 
 def _table(n: int, samples: int, coils: int, dwell: float, traj_dims: int) -> np.ndarray:

@@ -172,7 +172,7 @@ def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) ->
     traj = np.ascontiguousarray(k_adc[:, take].T.reshape(-1, n_s, 3))
     times = t_adc[take].reshape(-1, n_s)
 
-    fov, fov_source = _fov(seq, seq_path, traj)
+    fov, fov_source = _fov(seq, seq_path, traj, blocks)
     matrix = _matrix(seq, traj, fov)
     center = _center_sample(traj)
     rf = [b.rf for b in blocks if b.rf is not None and b.rf.use == "excitation"]
@@ -213,12 +213,14 @@ def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) ->
 
 
 
-def _fov(seq: pp.Sequence, seq_path: Path, traj: np.ndarray) -> tuple[tuple[float, float, float], str]:
+def _fov(
+    seq: pp.Sequence, seq_path: Path, traj: np.ndarray, blocks: list[Any]
+) -> tuple[tuple[float, float, float], str]:
     """FOV (x, y, z) in m and where it came from: ``[DEFINITIONS] FOV`` (values > 1 are taken as mm), else
-    1/(k-space step) per encoded axis (an axis without encoding takes the FOV of x, or 1 m without any)."""
+    1/(k-space step) per encoded axis; a 2-D file's z is its slice thickness (see ``_slice_thickness``)."""
     raw = seq.definitions.get("FOV")
     if raw is None:
-        return _fov_from_kspace(traj)
+        return _fov_from_kspace(traj, _slice_thickness(blocks))
     values = np.atleast_1d(np.asarray(raw, dtype=np.float64))
     if values.size < 2 or np.any(values <= 0):
         raise InputError(f"{where(str(seq_path), '[DEFINITIONS] FOV')}: {raw!r}; expected 2 or 3 positive values")
@@ -228,8 +230,9 @@ def _fov(seq: pp.Sequence, seq_path: Path, traj: np.ndarray) -> tuple[tuple[floa
     return (float(values[0]), float(values[1]), z), "file"
 
 
-def _fov_from_kspace(traj: np.ndarray) -> tuple[tuple[float, float, float], str]:
-    """FOV = 1/Δk per axis: Δk along x between neighbouring samples, along y and z between distinct lines."""
+def _fov_from_kspace(traj: np.ndarray, thickness: float | None) -> tuple[tuple[float, float, float], str]:
+    """FOV = 1/Δk per axis: Δk along x between neighbouring samples, along y and z between distinct lines; an
+    axis without encoding takes ``thickness`` (z) or the FOV of an encoded axis (1 m when none is encoded)."""
     steps: list[float | None] = []
     kx = np.abs(np.diff(traj[..., 0], axis=1))
     steps.append(float(np.median(kx[kx > MIN_STEP])) if np.any(kx > MIN_STEP) else None)
@@ -243,12 +246,27 @@ def _fov_from_kspace(traj: np.ndarray) -> tuple[tuple[float, float, float], str]
             steps.append(span / round(span / float(np.median(gaps))))
         else:
             steps.append(None)
-    if steps[0] is None and steps[1] is None and steps[2] is None:
+    if all(s is None for s in steps):
         return (1.0, 1.0, 1.0), "none: no spatial encoding"
     known = [1 / s for s in steps if s is not None]
-    fov = tuple(1 / s if s is not None else known[0] for s in steps)
-    shown = " × ".join(f"{f * 1e3:.1f}" for f in fov)
-    return fov, f"k-space step ({shown} mm; [DEFINITIONS] has no FOV)"  # type: ignore[return-value]
+    fov = [1 / s if s is not None else known[0] for s in steps]
+    z_from = "k-space step"
+    if steps[2] is None:
+        fov[2], z_from = (thickness, "slice thickness") if thickness else (known[0], "not encoded, taken as x")
+    shown = " x ".join(f"{f * 1e3:.1f}" for f in fov)
+    return (fov[0], fov[1], fov[2]), f"k-space step ({shown} mm, z {z_from}; [DEFINITIONS] has no FOV)"
+
+
+def _slice_thickness(blocks: list[Any]) -> float | None:
+    """Thickness (m) the first excitation selects: its RF bandwidth (FWHM of the spectrum, pypulseq) over its z
+    gradient; None without a slice-select trapezoid."""
+    for b in blocks:
+        if b.rf is not None and b.rf.use == "excitation":
+            gz = getattr(b, "gz", None)
+            if gz is None or getattr(gz, "type", "") != "trap" or gz.amplitude == 0:
+                return None
+            return float(np.ravel(pp.calc_rf_bandwidth(b.rf))[0]) / abs(float(gz.amplitude))  # FWHM, Hz / (Hz/m)
+    return None
 
 
 def _matrix(seq: pp.Sequence, traj: np.ndarray, fov: tuple[float, float, float]) -> tuple[int, int, int]:

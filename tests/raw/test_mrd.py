@@ -445,3 +445,13 @@ def test_write_rejects_labels_ismrmrd_cannot_store(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"bad\.h5.*label slice"):
         write_mrd(raw, path)
     assert not path.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_provenance_with_any_text_round_trips(tmp_path: Path) -> None:
+    """The XML header is UTF-8: provenance notes with '×', '…' or accented paths read back (Python and C++)."""
+    raw = RawData(torch.zeros(1, 4, 4, dtype=torch.complex64), provenance={"fov_source": "220 × 220 mm … é"})
+    path = tmp_path / "utf8.h5"
+    write_mrd(raw, path)
+    assert read_mrd(path).provenance["fov_source"] == "220 × 220 mm … é"
+    with h5py.File(path) as f:
+        assert f["dataset/xml"][0].startswith(b'<?xml version="1.0" encoding="utf-8"?>')

@@ -102,6 +102,7 @@ def test_seq_without_fov_takes_it_from_the_kspace_step(tmp_path: Path) -> None:
     raw = read_twix(dat, no_fov)
     assert "k-space step" in raw.provenance["fov_source"]
     np.testing.assert_allclose(raw.header.encoded_fov[:2], (0.256, 0.256), rtol=1e-4)
+    assert raw.header.encoded_fov[2] == pytest.approx(0.003, rel=0.05)  # the 3-mm slice, from the RF bandwidth
     with torch.no_grad():
         np.testing.assert_allclose(Recon()(raw).data.numpy(), Recon()(read_twix(dat, seq)).data.numpy(), rtol=1e-4,
                                    atol=1e-6)
