@@ -5,12 +5,13 @@ User mistakes (MrbridgeError) print one line and exit with code 2; `--debug` sho
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from mrbridge.errors import MrbridgeError
+from mrbridge.outputs import check_outputs
 from mrbridge.sequence.model import Sequence
 
 Config = TypeVar("Config", bound=BaseModel)
@@ -55,11 +57,30 @@ def _working(message: str) -> Iterator[None]:
 
 
 def _device(name: str | None) -> str:
+    """The torch device to run on: ``name`` checked to exist here, else cuda when available."""
     import torch
 
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MrbridgeError(f"--device {name!r}: unknown; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise MrbridgeError(f"--device {name!r}: this machine has {count} CUDA device(s); use --device cpu")
+    elif device.type != "cpu":
+        raise MrbridgeError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    return name
+
+
+def _check_numbers(**bounds: tuple[float | None, float, float]) -> None:
+    """Each option's value (None: not given) within [low, high] and finite, before any work; one-line error."""
+    for option, (value, low, high) in bounds.items():
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            name = "--" + option.replace("_", "-")
+            raise MrbridgeError(f"{name} {value!r}: expected a finite number in [{low:g}, {high:g}]")
 
 
 # ---- simulate ----------------------------------------------------------------------------------------
@@ -80,22 +101,39 @@ def simulate(
         bool, typer.Option(help="Play each .seq RF shape with its slice gradient over a z-resolved twin (bloch).")
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    memory_gb: Annotated[
+        float | None, typer.Option(help="Memory budget in GB (graph engine; default: half the available memory).")
+    ] = None,
 ) -> None:
     """Simulate a protocol (or sequence) on a twin and write ISMRMRD raw data."""
     from mrbridge.raw.mrd import write_mrd
+    from mrbridge.raw.seqreadouts import read_seq_readouts
+    from mrbridge.sim.seqfile import simulate_seq_file
     from mrbridge.sim.simulate import simulate as run_simulation
     from mrbridge.twin.phantoms import open_twin
 
+    check_outputs({"-o": output}, {"--twin": Path(twin), "--protocol": protocol, "--seq": seq})
+    _check_numbers(noise=(noise, 0, 10), coils=(coils, 1, 128), matrix=(matrix, 4, 1024), spins=(spins, 1, 1e7),
+                   accuracy=(accuracy, 1e-12, 1), memory_gb=(memory_gb, 1e-9, 1e6))
+    device = _device(device)
     sequence = _load_sequence(protocol, seq, matrix)
-    phantom = open_twin(twin, matrix=matrix or sequence.info.matrix[0], coils=coils, seed=seed)
+    encoding = read_seq_readouts(seq) if seq is not None and seq.suffix.lower() == ".seq" else None
+    size = encoding.twin_matrix() if encoding is not None else sequence.info.matrix[0]
+    phantom = open_twin(twin, matrix=matrix or size, coils=coils, seed=seed)
     if slice_profile:
         from mrbridge.twin.zresolved import zresolved
 
         phantom = zresolved(phantom, thickness=sequence.info.fov[2])
+    options: dict[str, Any] = {"engine": engine, "noise": noise, "seed": seed, "device": device,
+                               "spins": spins, "accuracy": accuracy, "slice_profile": slice_profile,
+                               "memory_gb": memory_gb}
     with _working(f"simulating {sequence.info.name} on {twin}"):
-        raw = run_simulation(sequence, phantom, engine=engine, noise=noise, seed=seed, device=_device(device),
-                             spins=spins, accuracy=accuracy, slice_profile=slice_profile)
+        if seq is not None and encoding is not None:  # labelled as the scanner's data of the same .seq
+            raw = simulate_seq_file(seq, phantom, sequence=sequence, encoding=encoding, **options)
+        else:
+            raw = run_simulation(sequence, phantom, **options)
     raw.provenance.update({"twin": twin})
+    _print_notes(raw.provenance)
     write_mrd(raw.to("cpu"), output)
     out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")
 
@@ -135,6 +173,7 @@ def twin_command(
         return
     if output is None or path is not None:
         raise MrbridgeError("usage: mrbridge twin SPEC -o twin.h5   or   mrbridge twin show twin.h5 --png twin.png")
+    check_outputs({"-o": output}, {"SPEC": Path(spec)})
     twin = open_twin(spec, matrix=matrix, coils=coils, seed=seed)
     twin.save(output)
     nz, ny, nx = twin.shape
@@ -194,6 +233,9 @@ def calibrate(
     from mrbridge.twin.show import summary_lines
 
     given = {"pd": pd, "t1": t1, "t2": t2, "t2star": t2star, "t2dash": t2dash, "b0": b0, "b1": b1}
+    files = {f"--{name}": parse_map_spec(spec) for name, spec in {**given, "mask": mask}.items() if spec}
+    check_outputs({"-o": output}, {"--mat": mat, "--coils": coils,
+                                   **{k: v if isinstance(v, Path) else v[0] for k, v in files.items()}})
     if mat is not None:
         if any(given.values()) or not keys:
             raise MrbridgeError("--mat needs --keys (e.g. PD,T1,T2,B0,B1) and no per-map options")
@@ -247,7 +289,10 @@ Coil = Literal["head", "body"]
 
 @app.command()
 def export(
-    source: Annotated[Path, typer.Argument(metavar="BUNDLE|SEQUENCE.json", help="Run bundle or sequence JSON.")],
+    source: Annotated[
+        Path,
+        typer.Argument(metavar="BUNDLE|SEQUENCE.json|PROTOCOL.yaml", help="Run bundle, sequence JSON or protocol."),
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Pulseq .seq file to write.")],
     system: Annotated[str, typer.Option(help="System preset (generic3t, prisma, vida, skyra) or YAML.")] = "generic3t",
     rf: Annotated[
@@ -281,7 +326,14 @@ def export(
     from mrbridge.sequence.safety import check_safety
     from mrbridge.system import System
 
-    seq = Sequence.load(source / "sequence.json" if source.is_dir() else source)
+    sequence_file = source / "sequence.json" if source.is_dir() else source
+    check_outputs({"-o": output, "(beside it)": output.with_suffix(".exported.json"),
+                   "(its safety report)": output.parent / "safety.json"},
+                  {"SOURCE": sequence_file, "--system": Path(system)})
+    if sequence_file.suffix.lower() in (".yaml", ".yml"):  # a protocol: build it first
+        seq = _load_sequence(sequence_file, None, None)
+    else:
+        seq = Sequence.load(sequence_file)
     hardware = System.load(system)
     with _working("exporting"):
         rf_duration = None if rf_duration_ms is None else rf_duration_ms * 1e-3
@@ -333,26 +385,43 @@ def recon(
     nifti: Annotated[Path | None, typer.Option(help="Also write NIfTI (.nii or .nii.gz).")] = None,
     png: Annotated[Path | None, typer.Option(help="Also write a PNG of the magnitude.")] = None,
     delay_us: Annotated[float, typer.Option("--trajectory-delay-us", help="Gradient delay (µs) of a twix.")] = 0.0,
+    ghost_correction: Annotated[
+        Literal["auto", "none"] | None,
+        typer.Option(help="EPI N/2 ghost correction estimated from the data [default: auto, or the bundle's]"),
+    ] = None,
 ) -> None:
     """Reconstruct raw data with the same Recon that reconstructs simulations.
 
-    Without --method or --with: fft for Cartesian data, cg for any other trajectory."""
+    Without --method or --with: fft for Cartesian data and line readouts (EPI, alternating or ramp-sampled
+    lines, regridded onto the Cartesian matrix), cg for any other trajectory. A spectrum for data without
+    spatial encoding (FID)."""
     import torch
 
     from mrbridge.raw.read import read_raw
     from mrbridge.recon.image_io import write_image_mrd, write_nifti, write_png
-    from mrbridge.recon.pipeline import Recon, ReconConfig
+    from mrbridge.recon.pipeline import Recon, ReconConfig, default_method
 
+    check_outputs({"-o": output, "--nifti": nifti, "--png": png},
+                  {"RAW": raw_path, "--seq": seq, "--with": bundle / "recon.pt" if bundle else None})
+    if nifti is not None and not nifti.name.endswith((".nii", ".nii.gz")):
+        raise MrbridgeError(f"--nifti {nifti}: expected a name ending in .nii or .nii.gz")
     raw = read_raw(raw_path, seq, trajectory_delay=delay_us * 1e-6)
+    _print_notes(raw.provenance)
+    given: dict[str, object] = {"method": method} if method else {}
+    if ghost_correction:
+        given["ghost_correction"] = ghost_correction
     if bundle is not None:
         reconstruct = Recon.load(bundle)
-        if method is not None:
-            reconstruct.config = reconstruct.config.model_copy(update={"method": method})
+        reconstruct.config = _parse(ReconConfig, {**reconstruct.config.model_dump(), **given}, "--method")
     else:
-        default = "fft" if raw.header.trajectory == "cartesian" else "cg"
-        reconstruct = Recon(_parse(ReconConfig, {"method": method or default}, "--method"))
+        reconstruct = Recon(_parse(ReconConfig, {"method": default_method(raw), **given}, "--method"))
     with _working(f"reconstructing {raw_path.name}"), torch.no_grad():
         image = reconstruct(raw)
+    m = image.meta
+    if "ghost_gsr_before" in m:
+        out.print(f"N/2 ghost correction ({m['ghost_correction']}): phase {m['ghost_phase_rad']} rad, delay "
+                  f"{m['ghost_delay_us']} µs (sign of --trajectory-delay-us); ghost-to-signal "
+                  f"{m['ghost_gsr_before']} → {m['ghost_gsr_after']}", highlight=False)
     write_image_mrd(image, output)
     written = [output]
     if nifti is not None:
@@ -374,8 +443,22 @@ def convert(
     """Convert Siemens twix raw data of a Pulseq sequence to ISMRMRD."""
     from mrbridge.raw.convert import convert as convert_twix
 
+    check_outputs({"-o": output}, {"DAT": dat, "--seq": seq})
     raw = convert_twix(dat, seq, output, trajectory_delay=delay_us * 1e-6)
+    _print_notes(raw.provenance)
     out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")
+
+
+#: provenance entries that say what was inferred from a .seq or rejoined from a twix file
+NOTES = ("rf_use_inferred", "fov_source", "adc_segments_rejoined")
+
+
+def _print_notes(provenance: dict[str, str]) -> None:
+    """Tell the user what was inferred rather than read (a 1.4 file's RF use, the FOV, ADC segments)."""
+    for key in NOTES:
+        if key in provenance:
+            what = {"adc_segments_rejoined": "ADC events rejoined from scanner segments: "}.get(key, "")
+            out.print(f"note: {what}{provenance[key]}", highlight=False)
 
 
 def _parse(model: type[Config], values: dict[str, object], option: str) -> Config:
@@ -397,32 +480,58 @@ def compare(
     bundle: Annotated[Path | None, typer.Option("--with", help="Run bundle whose recon to use.")] = None,
     twin: Annotated[str | None, typer.Option(help="The twin (for tissue ROI statistics).")] = None,
     system: Annotated[str, typer.Option(help="System preset or YAML for the safety summary.")] = "generic3t",
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when the report has warnings.")] = False,
 ) -> None:
-    """Report simulation against measurement, both through the same Recon."""
+    """Report simulation against measurement, both through the same Recon; warn when the comparison means little."""
     from mrbridge.report.compare import compare as run_compare
 
+    check_outputs({"-o": output}, {"--sim": sim, "--meas": meas, "--seq": seq}, folders=["-o"])
     with _working("comparing"):
         result = run_compare(sim, meas, output, seq_path=seq, bundle=bundle, twin_path=twin, system=system)
     m = result.metrics
     out.print(f"scale {m.scale:.4g}  NRMSE {m.nrmse:.4f}  SSIM {m.ssim:.4f}  PSNR {m.psnr_db:.2f} dB")
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    for warning in result.warnings:
+        out.print(f"warning: {warning}", markup=False, highlight=False)
     out.print(f"wrote {result.index}")
+    if strict and result.warnings:
+        raise typer.Exit(1)
 
 
 @app.command()
 def gadget(
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 9002,
     host: Annotated[str, typer.Option(help="Address to bind (default: this machine only).")] = "127.0.0.1",
-    bundle: Annotated[Path | None, typer.Option("--with", help="Run bundle whose recon to serve.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--with", help="Run bundle served when the client names none.")] = None,
+    bundles: Annotated[
+        Path | None, typer.Option(help="Folder of run bundles a client may name (by folder name, never a path).")
+    ] = None,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds a connection may wait between messages.")] = 30.0,
+    message_timeout: Annotated[float, typer.Option(help="Seconds one message may take to arrive.")] = 60.0,
+    max_connections: Annotated[int, typer.Option(help="Connections served at once; more get 'server busy'.")] = 8,
+    max_mb: Annotated[float, typer.Option(help="Raw data one connection may send, in MiB.")] = 1024.0,
 ) -> None:
     """Serve the recon as a Gadgetron external Python gadget until interrupted."""
     import logging
+    import math
 
-    from mrbridge.gadget import serve
+    from mrbridge.gadget import GadgetServer, Limits
 
+    if not 0 <= port < 65536:
+        raise MrbridgeError(f"--port {port}: expected a TCP port 1..65535 (0: any free one)")
+    for option, value in (("--idle-timeout", idle_timeout), ("--message-timeout", message_timeout),
+                          ("--max-connections", max_connections), ("--max-mb", max_mb)):
+        if not (math.isfinite(value) and value > 0):
+            raise MrbridgeError(f"{option} {value!r}: expected a positive number")
+    limits = Limits(idle_timeout=idle_timeout, message_timeout=message_timeout, max_connections=max_connections,
+                    max_bytes=max(1, int(max_mb * (1 << 20))))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    out.print(f"mrbridge gadget listening on {host}:{port} (Ctrl-C stops)")
+    server = GadgetServer(port=port, host=host, bundle=bundle, bundles=bundles, limits=limits)  # checks all first
+    bound_host, bound_port = server.address
+    out.print(f"mrbridge gadget listening on {bound_host}:{bound_port} (Ctrl-C stops)", markup=False, highlight=False)
     try:
-        serve(port, host=host, bundle=bundle)
+        server.serve_forever()
     except KeyboardInterrupt:
         out.print("stopped")
 
@@ -442,17 +551,51 @@ def demo(
         out.print(str(path))
 
 
+#: options of every command, accepted before or after the command's name
+GLOBAL_FLAGS = ("--quiet", "-q", "--debug")
+
+
+def global_options_first(args: list[str]) -> list[str]:
+    """``mrbridge optimize T -o R --quiet`` as ``mrbridge --quiet optimize T -o R``: the flags every command
+    takes are moved before the command, where Typer reads them."""
+    return [a for a in args if a in GLOBAL_FLAGS] + [a for a in args if a not in GLOBAL_FLAGS]
+
+
 def main() -> None:
     """Entry point: run the app; a user mistake prints one line and exits with code 2."""
     # MKL's conditional numerical reproducibility: a resumed run repeats the killed one bit for bit.
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    args = global_options_first(sys.argv[1:])
     try:
-        app()
+        code = app(args=args, standalone_mode=False)
     except MrbridgeError as error:
         if _state["debug"]:
             raise
-        err.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
-        sys.exit(2)
+        _fail(str(error))
+    except typer.TyperException as error:  # a bad option or argument: one line too, naming the command
+        ctx = getattr(error, "ctx", None)
+        command = ctx.command_path if ctx is not None else "mrbridge"
+        _fail(f"{command}: {error.format_message()}{_given(error, args)} (see '{command} --help')")
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _given(error: Exception, args: list[str]) -> str:
+    """" (got VALUE)" for a bad option value, from the command line (the message does not always say)."""
+    opts = getattr(getattr(error, "param", None), "opts", None) or []
+    for i, arg in enumerate(args[:-1]):
+        if arg in opts:
+            return f" (got {args[i + 1]!r})"
+    return ""
+
+
+def _fail(message: str) -> NoReturn:
+    """Print a user mistake as one line and exit with code 2."""
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    sys.exit(2)
+
 
 if __name__ == "__main__":
     main()

@@ -65,7 +65,7 @@ def _simulate_builtins(folder: Path, matrix: int, noise: float, seed: int) -> li
 def _loop(folder: Path, seed: int, progress: bool | None) -> list[Path]:
     """optimize → export → simulate (graph; Bloch on a B1-perturbed twin) → recon → compare."""
     bundle, system = folder / "run", System.load("generic3t")
-    optimize(PROTOCOLS / "demo_gre_sar.yaml", bundle, resume=(bundle / "summary.json").exists(), progress=progress)
+    optimize(PROTOCOLS / "demo_gre_sar.yaml", bundle, resume=bundle.exists(), progress=progress)  # rerun: continue
     exported = export_seq(Sequence.load(bundle / "sequence.json"), system)
     safety = check_safety(exported.pulseq, system)
     if not safety.passed:

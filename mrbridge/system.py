@@ -25,7 +25,7 @@ class SarCoil(BaseModel):
     P / (``exposed_mass_fraction`` · patient mass), whole-body SAR = P / patient mass.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     watts_per_ut2: float = Field(gt=0, description="W absorbed per µT² of mean-square B1")
     exposed_mass_fraction: float = Field(gt=0, le=1, description="exposed mass / patient mass")
@@ -34,7 +34,7 @@ class SarCoil(BaseModel):
 class IecLimits(BaseModel):
     """IEC 60601-2-33 normal operating mode limits."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     head_sar_w_per_kg: float = Field(default=3.2, gt=0)  # IEC 60601-2-33 Table 105, normal mode, 6 min
     whole_body_sar_w_per_kg: float = Field(default=2.0, gt=0)  # idem
@@ -51,7 +51,7 @@ class IecLimits(BaseModel):
 class PnsAxis(BaseModel):
     """SAFE model parameters of one gradient axis (Szczepankiewicz & Witzel); times in ms."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     tau1: float
     tau2: float
@@ -67,7 +67,7 @@ class PnsAxis(BaseModel):
 class PnsSafe(BaseModel):
     """SAFE PNS model of the gradient system, as pypulseq ``calculate_pns`` expects it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     x: PnsAxis
@@ -85,7 +85,7 @@ def _default_sar() -> dict[Literal["head", "body"], SarCoil]:
 class System(BaseModel):
     """Hardware limits of one scanner."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     b0_t: float = Field(gt=0, le=12)

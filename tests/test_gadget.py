@@ -7,6 +7,7 @@ and reads ISMRMRD images, ERROR (id 8, uint64 length, text) and CLOSE. Both laun
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
@@ -161,7 +162,7 @@ def test_disconnect_mid_stream_leaves_the_server_serving(server: GadgetServer, r
         assert not thread.is_alive()
 
 
-@pytest.mark.parametrize("case", ["unknown message", "bad header", "labels outside the matrix", "no close"])
+@pytest.mark.parametrize("case", ["unknown message", "bad header", "labels outside the matrix", "cut message id"])
 def test_malformed_input_reaches_the_client_as_an_error(server: GadgetServer, raw_file: Path, case: str) -> None:
     header, acqs = acquisitions(raw_file)
     if case == "unknown message":
@@ -180,27 +181,30 @@ def test_malformed_input_reaches_the_client_as_an_error(server: GadgetServer, ra
             send(sock, header, acqs[:5], close=False, extra=struct.pack("<H", 4)[:1])
             sock.shutdown(socket.SHUT_WR)
             images, errors, closed = receive(sock)
-        assert images == [] and errors == [] and closed  # lost mid-message: nothing to report, clean close
-        expected = ""
-    if expected:
-        assert images == [] and closed
-        assert len(errors) == 1 and expected in errors[0], errors
+        expected = "the client ended the stream inside a message id (1 of 2 bytes)"  # still told, then CLOSE
+    assert images == [] and closed
+    assert len(errors) == 1 and expected in errors[0], errors
     good, errors, _ = exchange(server.address, *acquisitions(raw_file))  # the server survived
     assert errors == [] and len(good) == 1
 
 
 # ---- launched by Gadgetron ------------------------------------------------------------------------------
 def run_launched(config: str, header: ismrmrd.xsd.ismrmrdHeader, acqs: list[ismrmrd.Acquisition], *,
-                 hang_up: bool = False) -> tuple[list[ismrmrd.Image], list[str], bool, int | None]:
+                 hang_up: bool = False, bundles: Path | None = None
+                 ) -> tuple[list[ismrmrd.Image], list[str], bool, int | None]:
     """Play Gadgetron: listen, start ``python -m gadgetron PORT mrbridge.gadget handle``, stream, collect.
 
     ``hang_up``: send only the first acquisitions and part of the next one, then close the socket.
+    ``bundles``: the bundle folder given to the module (``MRBRIDGE_GADGET_BUNDLES``).
     """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRBRIDGE_GADGET_")}
+    if bundles is not None:
+        env["MRBRIDGE_GADGET_BUNDLES"] = str(bundles)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
         port = listener.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-m", "gadgetron", str(port), "mrbridge.gadget", "handle"],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         images: list[ismrmrd.Image] = []
         errors: list[str] = []
         closed = False
@@ -224,22 +228,23 @@ def run_launched(config: str, header: ismrmrd.xsd.ismrmrdHeader, acqs: list[ismr
 
 
 @pytest.mark.slow
-def test_launched_gadget_runs_the_bundle_recon_and_reports_errors(raw_file: Path, tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
+def test_launched_gadget_runs_the_named_bundle_recon_and_reports_errors(raw_file: Path, tmp_path: Path) -> None:
+    root = tmp_path / "bundles"
     recon = Recon(ReconConfig(method="fft", coil_combine="sensitivity"))
-    recon.save(bundle)
+    recon.save(root / "run1")
     header, acqs = acquisitions(raw_file)
-    config = f'<configuration><property name="bundle" value="{bundle}"/></configuration>'
-    images, errors, closed, code = run_launched(config, header, acqs)
+    config = '<configuration><property name="bundle" value="run1"/></configuration>'
+    images, errors, closed, code = run_launched(config, header, acqs, bundles=root)
     assert errors == [] and closed and code == 0
     assert images[0].data.dtype == np.complex64
-    assert_same_as_recon(images, Recon.load(bundle), raw_file, acqs)
+    assert_same_as_recon(images, Recon.load(root / "run1"), raw_file, acqs)
 
-    missing = tmp_path / "no-bundle"
-    config = f'<configuration><property name="bundle" value="{missing}"/></configuration>'
-    images, errors, closed, code = run_launched(config, header, acqs)
-    assert images == [] and closed and code == 0
-    assert len(errors) == 1 and str(missing / "recon.json") in errors[0]
+    for name, bundles in [("no-bundle", root), (str(root / "run1"), root), ("run1", None)]:
+        config = f'<configuration><property name="bundle" value="{name}"/></configuration>'
+        images, errors, closed, code = run_launched(config, header, acqs, bundles=bundles)
+        assert images == [] and closed and code == 0
+        assert len(errors) == 1 and f"bundle {name!r} is not available" in errors[0], errors
+        assert str(tmp_path) not in errors[0].replace(repr(name), "")  # no server path beyond the client's words
 
     _, _, _, code = run_launched("<configuration/>", header, acqs, hang_up=True)  # Gadgetron gone mid-stream
     assert code == 0  # and no traceback (checked in run_launched): the module ends cleanly, no spinning

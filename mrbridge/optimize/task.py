@@ -30,7 +30,7 @@ Usage = Literal["excitation", "refocusing", "inversion", "other"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Param(_Strict):
@@ -351,6 +351,11 @@ def parse_task(data: Any, source: str = "task", base: Path | None = None) -> Res
     ``base``); ConfigError with one line naming ``source``, the key, the value and the expectation."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
+    if data.get("kind") != "task":
+        what = f"a protocol (kind {data['kind']!r})" if "kind" in data else "not a task (no 'kind: task')"
+        raise ConfigError(f"{source}: field 'kind' = {data.get('kind')!r}: this is {what}; optimize takes a task "
+                          "file with 'kind: task' (e.g. protocols/spin_flip_angle.yaml), whose 'sequence.protocol' "
+                          "names the protocol to learn")
     try:
         task = _TASK.validate_python(data)
     except ValidationError as exc:

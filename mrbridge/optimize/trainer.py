@@ -7,7 +7,10 @@ atomically every ``checkpoint_every`` steps: parameters, optimizers, history, RN
 needs, and a run killed at any moment loses at most the steps since the last checkpoint.
 
 Bundle (DESIGN.md): ``sequence.json``, ``recon.json`` + ``recon.pt`` (+ ``mlp.pt``), ``task.yaml``,
-``history.csv``, ``summary.json``, ``plots/``, ``checkpoints/last.pt``.
+``history.csv``, ``summary.json``, ``plots/``, ``checkpoints/last.pt``. The bundle files are written at the start
+and again, atomically, after every checkpoint, so a killed run is usable as it stands (``recon --with``,
+``export``, ``compare --with``): its ``summary.json`` says ``"partial": true`` and the step it reflects, until
+the run ends (``plots/`` only then). The folder is locked while a run writes it (:mod:`mrbridge.runlock`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +29,15 @@ import numpy as np
 import torch
 
 from mrbridge.atomic import atomic_path, atomic_write_text
-from mrbridge.errors import InputError
+from mrbridge.errors import InputError, MrbridgeError
 from mrbridge.optimize import losses
 from mrbridge.optimize.data import TwinSet
 from mrbridge.optimize.distributed import Dist, setup, teardown
 from mrbridge.optimize.model import JointModel, noise_seed
 from mrbridge.optimize.plots import write_plots
 from mrbridge.optimize.task import ResolvedTask, Schedule, load_task
+from mrbridge.runlock import LOCK_NAME, RunLock
+from mrbridge.sequence.model import Sequence
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 #: the step offset of validation noise seeds (validation noise does not change from one validation to the next)
@@ -124,11 +130,13 @@ class Trainer:
         }
 
     def _save(self) -> None:
+        """A checkpoint, then the history and the (partial) bundle of the same step."""
         if not self.dist.main:
             return
         with atomic_path(self.out / CHECKPOINT) as tmp:
             torch.save(self._state(), tmp)
         self._write_history()
+        self._write_bundle(partial=True)
 
     def _load(self) -> None:
         state = torch.load(self.out / CHECKPOINT, map_location=self.model.device, weights_only=True)
@@ -268,6 +276,7 @@ class Trainer:
             atomic_write_text(self.out / "task.yaml", self.task.text)
         if self.step == 0:
             self.initial = self.validate()
+            self._write_bundle(partial=True)  # usable from the start: the initial sequence
         progress = _Progress(self.total, self.show, self.step)
         try:
             while self.step < self.total and not self.stopped:
@@ -295,15 +304,20 @@ class Trainer:
         if es is not None and self.bad_validations >= es.patience:
             self.stopped = True
 
-    def _finish(self) -> dict[str, Any]:
-        final = {k: v for k, v in self.history[-1].items() if k.startswith("val_")} if self.history else {}
-        summary = {"task": self.task.task.name, "steps": self.step, "total_steps": self.total,
-                   "stopped_early": self.stopped, "engine": self.model.engine, "world": self.dist.world,
-                   "initial": self.initial, "final": final,
-                   "parameters": {k: v.detach().cpu().reshape(-1).tolist()
-                                  for k, v in self.model.params.values().items()}}
-        if not self.dist.main:
-            return summary
+    def _summary(self, *, partial: bool) -> dict[str, Any]:
+        """What ``summary.json`` holds; ``final``: the last validation (of the last step once the run ends)."""
+        validated = [row for row in self.history if "val_loss" in row]
+        final = {k: v for k, v in validated[-1].items() if k.startswith("val_")} if validated else {}
+        return {"task": self.task.task.name, "partial": partial, "steps": self.step, "total_steps": self.total,
+                "stopped_early": self.stopped, "engine": self.model.engine, "world": self.dist.world,
+                "initial": self.initial, "final": final,
+                "final_step": int(validated[-1]["step"]) if validated else 0,
+                "parameters": {k: v.detach().cpu().reshape(-1).tolist()
+                               for k, v in self.model.params.values().items()}}
+
+    def _write_bundle(self, *, partial: bool) -> Sequence:
+        """Write ``sequence.json``, ``recon.json`` + ``recon.pt`` (+ ``mlp.pt``), then ``summary.json`` (last: its
+        step is that of the files before it); each atomically. Returns the sequence."""
         seq = self.model.params.sequence().detach().to("cpu")
         seq.save(self.out / "sequence.json")
         self.model.recon.to("cpu").save(self.out)
@@ -311,8 +325,15 @@ class Trainer:
         if self.model.mlp is not None:
             with atomic_path(self.out / "mlp.pt") as tmp:
                 torch.save(self.model.mlp.state_dict(), tmp)
+        atomic_write_text(self.out / "summary.json", json.dumps(self._summary(partial=partial), indent=2) + "\n")
+        return seq
+
+    def _finish(self) -> dict[str, Any]:
+        summary = self._summary(partial=False)
+        if not self.dist.main:
+            return summary
         self._write_history()
-        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        seq = self._write_bundle(partial=False)
         write_plots(self.out / "plots", self.history, seq)
         return summary
 
@@ -350,9 +371,53 @@ def optimize(task_path: str | Path, out: str | Path, *, resume: bool = False, de
     Returns the summary (also written to ``OUT/summary.json``).
     """
     task = load_task(task_path)
+    out = Path(out)
     dist, where = setup(device)
+    lock = RunLock(out, resume=resume)
+    before = set(os.listdir(out)) if out.is_dir() else None
     try:
-        trainer = Trainer(task, out, resume=resume, engine=engine, device=where, progress=progress, dist=dist)
-        return trainer.run()
+        _lock_all(lock, dist, where)
+        try:
+            trainer = Trainer(task, out, resume=resume, engine=engine, device=where, progress=progress, dist=dist)
+            return trainer.run()
+        except MrbridgeError:
+            if dist.main and not (out / CHECKPOINT).exists():  # refused before any result: leave nothing behind
+                lock.release()
+                _remove_refused_run(out, before)
+            raise
     finally:
+        lock.release()
         teardown()
+
+
+def _lock_all(lock: RunLock, dist: Dist, where: torch.device) -> None:
+    """The main process takes the run folder's lock; every process learns whether it did (under torchrun the
+    others must not start waiting on a main process that has given up)."""
+    failure: InputError | None = None
+    if dist.main:
+        try:
+            lock.acquire()
+        except InputError as e:
+            failure = e
+    if dist.world > 1:
+        ok = dist.sum(torch.tensor([0.0 if failure else 1.0], dtype=torch.float64, device=where))
+        if failure is None and float(ok.sum()) < dist.world:
+            failure = InputError(f"{lock.folder}: refused by the main process (rank 0); see its message")
+    if failure is not None:
+        raise failure
+
+
+#: what a run writes before its first checkpoint
+_STARTED = (LOCK_NAME, "task.yaml", "sequence.json", "recon.json", "recon.pt", "mlp.pt", "summary.json", "history.csv")
+
+
+def _remove_refused_run(folder: Path, before: set[str] | None) -> None:
+    """Remove what a run refused before its first checkpoint wrote (not what was there before it started), and
+    the folder if the run created it and it is empty now."""
+    for name in set(_STARTED) - (before or set()):
+        (folder / name).unlink(missing_ok=True)
+    if before is None:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass

@@ -3,9 +3,10 @@
 ``Recon(config)(raw) -> Image`` is differentiable w.r.t. ``raw.kdata`` and ``raw.traj``; its configuration
 and (optional network) weights round-trip through a run bundle (``recon.json`` + ``recon.pt``).
 
-Stages: noise prewhitening → gridding by the encoding labels (Cartesian: fft, sense) or an exact
-non-Cartesian transform of ``raw.traj`` (adjoint, cg) → coil combination → readout-oversampling removal →
-optional network.
+Stages: noise prewhitening → (fft, sense) line readouts that alternate in direction or are ramp-sampled (EPI):
+N/2 ghost correction and regridding onto the Cartesian k_x grid (``mrbridge.recon.epi``) → gridding by the
+encoding labels (Cartesian: fft, sense) or an exact non-Cartesian transform of ``raw.traj`` (adjoint, cg) → coil
+combination → readout-oversampling removal → optional network.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from mrbridge.atomic import atomic_path, atomic_write_text
 from mrbridge.errors import ConfigError, InputError
 from mrbridge.raw.rawdata import RawData
 from mrbridge.recon.coils import estimate_sensitivities
+from mrbridge.recon.epi import cartesian_view
 from mrbridge.recon.image import Image
 from mrbridge.recon.networks import build_network
 from mrbridge.recon.operators import CoilOp, FourierOp, LinearOperator, NonCartesianOp
+from mrbridge.recon.regrid import needs_regrid
 from mrbridge.recon.solvers import conjugate_gradient
+from mrbridge.recon.spectrum import frequencies, is_unencoded, spectra
 
 #: readouts that never enter an image
 _SKIP = (
@@ -42,7 +46,7 @@ _SKIP = (
 class ReconConfig(BaseModel):
     """How to reconstruct (stored as ``recon.json`` in a bundle)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: Literal["fft", "adjoint", "cg", "sense"] = "fft"
     iterations: int = Field(default=10, ge=1, description="CG iterations (cg, sense)")
@@ -57,6 +61,15 @@ class ReconConfig(BaseModel):
     sensitivity_threshold: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="zero the maps where the coil RSS < threshold·max"
     )
+    regrid: Literal["sinc", "linear"] = Field(
+        default="sinc", description="fft, sense: interpolation of ramp-sampled line readouts onto the k_x grid"
+    )
+    ghost_correction: Literal["auto", "fixed", "none"] = Field(
+        default="auto", description="readouts of alternating polarity (EPI): odd/even phase and delay estimated "
+        "from the data (auto), ghost_phase_rad/ghost_delay_us (fixed), or none"
+    )
+    ghost_phase_rad: float = Field(default=0.0, description="fixed: phase of reversed against forward lines")
+    ghost_delay_us: float = Field(default=0.0, description="fixed: gradient-to-ADC delay (as --trajectory-delay-us)")
     network: Literal["none", "cnn", "unet"] = "none"
     network_features: int = Field(default=16, ge=1)
     network_depth: int = Field(default=3, ge=1, description="conv layers (cnn, ≥ 2) or levels (unet)")
@@ -67,6 +80,15 @@ class ReconConfig(BaseModel):
             raise ValueError(f"train_tikhonov needs method 'cg' or 'sense' (got {self.method!r}) and tikhonov > 0 "
                              f"as its starting value (got {self.tikhonov})")
         return self
+
+
+def default_method(raw: RawData) -> Literal["fft", "cg"]:
+    """The method for ``raw`` when the user names none: fft for Cartesian data and for line readouts (EPI,
+    alternating or ramp-sampled lines, regridded onto the Cartesian matrix), cg for any other trajectory."""
+    h = raw.header
+    flags = raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)
+    imaging = ~torch.stack([_has(flags, bit) for bit in _SKIP]).any(0)
+    return "fft" if h.trajectory == "cartesian" or needs_regrid(raw.traj, h.encoded_fov, imaging) else "cg"
 
 
 def _has(flags: torch.Tensor, bit: int) -> torch.Tensor:
@@ -137,8 +159,9 @@ class Recon(nn.Module):
         if not cfg_path.is_file():
             raise InputError(f"{cfg_path}: missing; expected the recon config written by Recon.save")
         try:
-            config = ReconConfig.model_validate(json.loads(cfg_path.read_text()))
-        except json.JSONDecodeError as e:
+            saved = json.loads(cfg_path.read_text())
+            config = ReconConfig.model_validate(saved)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{cfg_path}: not JSON ({e})") from e
         except ValidationError as e:
             first = e.errors()[0]
@@ -149,11 +172,19 @@ class Recon(nn.Module):
             try:
                 state = torch.load(pt_path, map_location=map_location, weights_only=True)
                 recon.load_state_dict(state, strict=True)
-            except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-                raise InputError(f"{pt_path}: weights do not fit network={config.network!r}: {e}") from e
+            except (EOFError, pickle.UnpicklingError) as e:
+                raise InputError(f"{pt_path}: not readable as weights ({type(e).__name__}); expected the "
+                                 "recon.pt written by Recon.save") from e
+            except (RuntimeError, TypeError) as e:
+                why = (str(e).strip().splitlines() or ["not a state dict"])[0]
+                raise InputError(f"{pt_path}: weights do not fit network={config.network!r}: {why}") from e
         elif any(True for _ in recon.parameters()):
             raise InputError(f"{pt_path}: missing; network={config.network!r}, train_tikhonov="
                              f"{config.train_tikhonov} need the trained weights")
+        elif not {"method", "network"} <= set(saved):  # Recon.save writes both files; {} is no recon
+            raise InputError(f"{pt_path}: missing; expected the recon.json and recon.pt written by Recon.save (a "
+                             f"{cfg_path.name} without weights must name at least its method and network; it "
+                             f"names {sorted(saved)})")
         return recon
 
     # ---------------------------------------------------------------- forward
@@ -175,6 +206,12 @@ class Recon(nn.Module):
             skip |= _has(flags, bit)
         calib_only = _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
         calib = calib_only | _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+        if is_unencoded(raw):
+            return self._spectra(raw, kdata, ~skip)
+        view: dict[str, str] = {}  # EPI / alternating / ramp-sampled lines → Cartesian (mrbridge.recon.epi)
+        if c.method in ("fft", "sense") and needs_regrid(raw.traj, raw.header.encoded_fov, (~skip).cpu()):
+            raw, kdata, view = cartesian_view(raw, kdata, ~skip, ghost=c.ghost_correction, interpolation=c.regrid,
+                                              phase_rad=c.ghost_phase_rad, delay_us=c.ghost_delay_us)
         h = raw.header
         if c.method == "sense":
             image = self._sense(raw, kdata, ~skip & ~calib_only, ~skip & calib)
@@ -192,8 +229,18 @@ class Recon(nn.Module):
             h.encoded_fov[1] * ny / h.encoded_matrix[1],
             h.encoded_fov[2] * (1 if h.encoded_matrix[2] > 1 else image.shape[-3]),
         )
-        meta = {"method": c.method, "coils": raw.coils, "coil_combine": c.coil_combine, **raw.provenance}
+        meta = {"method": c.method, "coils": raw.coils, "coil_combine": c.coil_combine, **raw.provenance, **view}
         return Image(data=image, fov=fov, meta=meta)
+
+    def _spectra(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor) -> Image:
+        """An acquisition without spatial encoding: data (1, 1, 1, readouts, samples), row r the root-sum-of-squares
+        spectrum of readout r over the coils, x the frequency (:mod:`mrbridge.recon.spectrum`)."""
+        image = spectra(kdata[:, keep]).abs().square().sum(0).sqrt()[None, None, None]
+        hz = frequencies(raw.samples, raw.dwell)
+        meta = {"method": "spectrum", "coils": raw.coils, "coil_combine": "rss",
+                "spectrum_first_hz": float(hz[0]), "spectrum_step_hz": 1 / (raw.samples * raw.dwell),
+                **raw.provenance}
+        return Image(data=image, fov=raw.header.encoded_fov, meta=meta)
 
     def _crop(self, image: torch.Tensor, raw: RawData) -> torch.Tensor:
         """Remove readout (and phase) oversampling: (…, y, x) → (…, recon y, recon x) when configured."""

@@ -1,7 +1,9 @@
 """``compare``: simulated vs measured raw data through ONE Recon, into a static report folder.
 
-Writes ``<out_dir>/index.html``, its PNGs and ``metrics.json``, each file atomically; the page last, so it never
-points at a figure that is not there yet.
+Both images are brought onto one grid (:mod:`mrbridge.report.grid`) and the comparison is checked for meaning
+(:mod:`mrbridge.report.validity`): its warnings head the page, fill ``metrics.json``'s ``warnings`` and come back
+in :class:`CompareResult`. Writes ``<out_dir>/index.html``, its PNGs and ``metrics.json``, each file atomically;
+the page last, so it never points at a figure that is not there yet.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mrbridge.raw.read import read_raw
 from mrbridge.recon.image import Image
 from mrbridge.recon.pipeline import Recon
 from mrbridge.report import figures
+from mrbridge.report.grid import common_grid
 from mrbridge.report.html import FileRecord, file_record, render_report, versions
 from mrbridge.report.metrics import (
     Metrics,
@@ -30,6 +33,7 @@ from mrbridge.report.metrics import (
     data_consistency,
     labels_on_grid,
 )
+from mrbridge.report.validity import assess
 from mrbridge.sequence.import_seq import import_seq
 from mrbridge.sequence.model import Sequence
 from mrbridge.sequence.safety import SafetyReport, check_safety
@@ -41,7 +45,10 @@ from mrbridge.twin.phantoms import open_twin
 class CompareResult:
     """What :func:`compare` produced.
 
-    sim_image, meas_image: the two reconstructions (data (…, z, y, x)), unscaled.
+    sim_image, meas_image: the two reconstructions (data (…, z, y, x)), unscaled, on the common grid they were
+    compared on (resampled when their matrices differed, see ``notes``).
+    warnings: one line each on why the comparison means little (empty when it is sound).
+    notes: one line each on what was done to compare (resampling).
     """
 
     out_dir: Path
@@ -53,6 +60,8 @@ class CompareResult:
     meas_image: Image
     safety: SafetyReport | None = None
     files: list[FileRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _sequence(seq_path: Path | None, bundle: Path | None) -> Sequence | None:
@@ -118,6 +127,11 @@ def compare(
         Its ``sequence.json`` and ``safety.json`` are used when ``seq_path`` is not given.
     twin_path: the twin of the simulation ("builtin:NAME" or a twin .h5); its tissue labels give ROI statistics
     system: scanner preset name or system YAML for the safety check
+
+    Returns the result with ``warnings`` (why the comparison means little: degenerate encoding, stripe images,
+    objects that barely overlap, very different grids, a twin that is not the measured object) and ``notes``
+    (resampling); both are also at the top of ``index.html`` and in ``metrics.json``.
+    Raises InputError (one line) when the two images have no common grid (see :mod:`mrbridge.report.grid`).
     """
     out = Path(out_dir)
     seq_file = Path(seq_path) if seq_path is not None else None
@@ -127,11 +141,9 @@ def compare(
     recon = Recon.load(bundle_dir) if bundle_dir is not None else Recon()
     recon.eval()
     with torch.no_grad():
-        sim_image, meas_image = recon(sim_raw), recon(meas_raw)
-    if sim_image.data.shape != meas_image.data.shape:
-        raise InputError(f"{sim_path} and {meas_path}: images differ in shape (simulated "
-                         f"{tuple(sim_image.data.shape)}, measured {tuple(meas_image.data.shape)}); simulate the "
-                         "sequence that was measured (same matrix, contrasts and repetitions)")
+        sim_recon, meas_recon = recon(sim_raw), recon(meas_raw)
+    grid = common_grid(sim_recon, meas_recon, sim_name=str(sim_path), meas_name=str(meas_path))
+    sim_image, meas_image = grid.sim, grid.meas
     sim_mag, meas_mag = sim_image.data.abs().float(), meas_image.data.abs().float()
 
     labels, names = None, {}
@@ -141,9 +153,14 @@ def compare(
             z, y, x = meas_mag.shape[-3:]
             labels = labels_on_grid(twin.labels, twin.fov, (z, y, x), meas_image.fov)
             names = dict(twin.label_names)
+    spatial = "spectrum" not in (sim_recon.meta.get("method"), meas_recon.meta.get("method"))
+    validity = assess(sim_mag, meas_mag, sim_raw=sim_raw, meas_raw=meas_raw, method=recon.config.method,
+                      twin=twin_path if labels is not None else None, spatial=spatial)
+    warnings = grid.warnings + validity.warnings
     metrics, scaled = compare_images(sim_mag, meas_mag, labels=labels, names=names)
-    metrics.dc_residual_sim = data_consistency(recon, sim_raw, sim_image)
-    metrics.dc_residual_meas = data_consistency(recon, meas_raw, meas_image)
+    metrics.dc_residual_sim = data_consistency(recon, sim_raw, sim_recon)
+    metrics.dc_residual_meas = data_consistency(recon, meas_raw, meas_recon)
+    metrics.dice, metrics.correlation = validity.dice, validity.correlation
 
     seq = _sequence(seq_file, bundle_dir)
     safety, safety_note = _safety(seq_file, bundle_dir, system)
@@ -185,7 +202,11 @@ def compare(
         "provenance": raw_provenance,
         "versions": versions(),
         "safety": safety.model_dump(mode="json") if safety is not None else None,
-        "images": {"shape": list(meas_image.data.shape), "fov_m": list(meas_image.fov)},
+        "images": {"shape": list(meas_image.data.shape), "fov_m": list(meas_image.fov),
+                   "resampled_from": grid.resampled},
+        "warnings": warnings,
+        "notes": grid.notes,
+        "roi_meaningful": validity.roi_meaningful,
     }
     atomic_write_text(metrics_path, json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
     page = render_report(
@@ -197,9 +218,13 @@ def compare(
         files=files,
         raw_provenance=raw_provenance,
         recon_config=recon_config,
+        warnings=warnings,
+        notes=grid.notes,
+        roi_meaningful=validity.roi_meaningful,
     )
     index = out / "index.html"
     atomic_write_text(index, page)
     return CompareResult(out_dir=out, index=index, metrics_json=metrics_path, figures=[p for p, _ in drawn],
-                         metrics=metrics, sim_image=sim_image, meas_image=meas_image, safety=safety, files=files)
+                         metrics=metrics, sim_image=sim_image, meas_image=meas_image, safety=safety, files=files,
+                         warnings=warnings, notes=grid.notes)
 

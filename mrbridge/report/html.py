@@ -54,7 +54,7 @@ def versions() -> dict[str, str]:
 
 
 def _number(value: float | None, digits: int = 4) -> str:
-    if value is None:
+    if value is None or math.isnan(value):
         return "n/a"
     if math.isinf(value):
         return "∞"
@@ -74,6 +74,10 @@ def metric_rows(metrics: Metrics) -> list[dict[str, str]]:
          "meaning": "‖E x − y‖ / ‖y‖ of the simulated image against its own k-space"},
         {"name": "data consistency (meas)", "value": _number(metrics.dc_residual_meas),
          "meaning": "‖E x − y‖ / ‖y‖ of the measured image against the measured k-space"},
+        {"name": "object overlap (Dice)", "value": _number(metrics.dice, 3),
+         "meaning": "2|A∩B| / (|A|+|B|) of the simulated and measured object masks (1 = same outline)"},
+        {"name": "correlation", "value": _number(metrics.correlation, 3),
+         "meaning": "Pearson correlation of the two magnitudes inside the mask"},
     ]
 
 
@@ -87,8 +91,15 @@ def render_report(
     files: list[FileRecord],
     raw_provenance: dict[str, dict[str, str]],
     recon_config: str,
+    warnings: list[str] | None = None,
+    notes: list[str] | None = None,
+    roi_meaningful: bool = True,
 ) -> str:
-    """The HTML page. ``figures``: (file name relative to the page, caption)."""
+    """The HTML page. ``figures``: (file name relative to the page, caption).
+
+    ``warnings`` (why the comparison means little) head the page in a visible block, ``notes`` (what was done to
+    compare, e.g. resampling) follow it; ``roi_meaningful=False`` marks the tissue table as not meaningful.
+    """
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     template = env.get_template("report.html.j2")
@@ -104,4 +115,7 @@ def render_report(
         safety_note=safety_note,
         files=files,
         raw_provenance=raw_provenance,
+        warnings=list(warnings or []),
+        notes=list(notes or []),
+        roi_meaningful=roi_meaningful,
     )

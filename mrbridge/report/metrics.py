@@ -137,6 +137,16 @@ def roi_stats(sim: torch.Tensor, meas: torch.Tensor, labels: torch.Tensor, names
     return out
 
 
+def imaging_readouts(raw: RawData) -> torch.Tensor:
+    """(readouts,) bool: readouts that enter an image (no noise, navigator, phase-correction, dummy or
+    calibration-only flag)."""
+    flags = raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)
+    keep = torch.ones(raw.readouts, dtype=torch.bool, device=flags.device)
+    for bit in _NOT_IMAGING:
+        keep &= (flags >> (bit - 1)) & 1 == 0
+    return keep
+
+
 def data_consistency(recon: Recon, raw: RawData, image: Image) -> float | None:
     """Relative residual ‖E x − y‖ / ‖y‖ of the reconstructed image against the measured samples.
 
@@ -154,10 +164,7 @@ def data_consistency(recon: Recon, raw: RawData, image: Image) -> float | None:
     kdata = raw.kdata
     if recon.config.prewhiten and raw.noise is not None and raw.noise.shape[-1] > raw.coils:
         kdata = prewhiten(kdata, raw.noise)
-    flags = raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)
-    keep = torch.ones(raw.readouts, dtype=torch.bool)
-    for bit in _NOT_IMAGING:
-        keep &= (flags >> (bit - 1)) & 1 == 0
+    keep = imaging_readouts(raw)
     with torch.no_grad():
         grid, mask = recon._grid(raw, kdata, keep.to(kdata.device))  # (coils, reps, con, z, y, x), (reps, …)
         fourier = recon._fourier(raw)
@@ -202,6 +209,8 @@ class Metrics:
     dc_residual_sim: float | None
     dc_residual_meas: float | None
     roi: list[RoiStat] = field(default_factory=list)
+    dice: float | None = None  # overlap of the two object masks (see report/validity.py)
+    correlation: float | None = None  # Pearson correlation of the magnitudes inside the mask
 
 
 def comparison_mask(sim: torch.Tensor, meas: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:

@@ -47,7 +47,7 @@ from mrbridge.atomic import atomic_path
 from mrbridge.errors import ConfigError
 from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence, runs
 from mrbridge.sequence.pns import max_pns_slew
-from mrbridge.system import IecLimits, System
+from mrbridge.system import GAMMA_HZ_PER_T, IecLimits, System
 
 _TOL = 1e-9  # s, timing tolerance
 _AREA_TOL = 1e-6  # 1/m, smaller moments are not played
@@ -227,7 +227,15 @@ def _rf_unit(rep: _Rep, opts: pp.Opts, iec: IecLimits, rf: str | None, rf_durati
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pypulseq warns when it raises the delay to the dead time
         if rf == "sinc":
-            slew = pns_slew(tbw / length / slice_thickness, opts, iec)  # slice-select amplitude: bandwidth / Δz
+            select = tbw / length / slice_thickness  # slice-select amplitude (Hz/m): bandwidth / Δz
+            if select > opts.max_grad:
+                shortest = tbw / slice_thickness / opts.max_grad
+                raise ConfigError(
+                    f"a {length * 1e3:g}-ms sinc of time-bandwidth {tbw:g} over a {slice_thickness * 1e3:g}-mm slice "
+                    f"needs a slice-select gradient of {select / GAMMA_HZ_PER_T * 1e3:.1f} mT/m, above the "
+                    f"system's {opts.max_grad / GAMMA_HZ_PER_T * 1e3:.1f} mT/m; expected a pulse of at least "
+                    f"{shortest * 1e3:.2f} ms (--rf-duration-ms) or a thicker slice (--slice-mm)")
+            slew = pns_slew(select, opts, iec)
             pulse, gz, _ = pp.make_sinc_pulse(
                 flip_angle=angle, duration=length, time_bw_product=tbw, apodization=apodization,
                 slice_thickness=slice_thickness, phase_offset=phase, system=opts, return_gz=True, use=use,

@@ -46,7 +46,7 @@ class PulseShape(BaseModel):
     """Shape the exporter gives the pulse (by default MRzero's: a 1-ms slice-selective sinc of time-bandwidth
     4); simulators treat every pulse as instantaneous."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["block", "sinc"] = "sinc"
     duration: float = Field(default=1e-3, gt=0, description="s")
@@ -56,7 +56,7 @@ class PulseShape(BaseModel):
 class ReadoutLabels(BaseModel):
     """ISMRMRD encoding counters of one readout (names as in ``ismrmrd.EncodingCounters``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kspace_encode_step_1: int = 0
     kspace_encode_step_2: int = 0
@@ -72,7 +72,7 @@ class ReadoutLabels(BaseModel):
 class SequenceInfo(BaseModel):
     """What recon and the ISMRMRD header need to know about a sequence (SI units)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = "sequence"
     fov: tuple[float, float, float] = (0.2, 0.2, 0.005)  # m (x, y, z); z is the slice thickness in 2D
@@ -381,5 +381,7 @@ class Sequence:
             raise InputError(f"{path}: no such file") from None
         except json.JSONDecodeError as err:
             raise InputError(f"{path}: not valid JSON ({err})") from None
+        except (UnicodeDecodeError, IsADirectoryError) as err:
+            raise InputError(f"{path}: not a text JSON file ({err}); expected a sequence JSON") from None
         return cls.from_dict(data, source=str(path))
 

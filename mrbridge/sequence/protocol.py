@@ -54,7 +54,7 @@ def _ms(seconds: float) -> str:
 class _ProtocolBase(BaseModel):
     """Keys shared by every kind: a 2D Cartesian slice, ``matrix`` × ``matrix``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(default="", description="shown in headers; defaults to the kind")
     matrix: int = Field(default=64, ge=8, le=1024, description="readout samples = phase-encoding lines")

@@ -23,7 +23,8 @@ ENGINES: dict[str, tuple[Callable[..., torch.Tensor], str, float]] = {
 
 def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float = 0.0, seed: int = 0,
              device: torch.device | str | None = None, spins: int | None = None,
-             field_strength_t: float = 3.0, accuracy: float | None = None, slice_profile: bool = False) -> RawData:
+             field_strength_t: float = 3.0, accuracy: float | None = None, slice_profile: bool = False,
+             memory_gb: float | None = None) -> RawData:
     """Simulate ``seq`` on ``twin`` with ``engine`` and return the raw data a scanner would give.
 
     Parameters
@@ -35,6 +36,8 @@ def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float =
     accuracy: smallest state kept, relative to M0 (None: the engine's default), for "graph"
     slice_profile: simulate each pulse's waveform over z (:mod:`mrbridge.sim.slice_profile`), "bloch" only; give a
         z-resolved twin (:func:`mrbridge.twin.zresolved.zresolved`)
+    memory_gb: memory budget (GB) of the "graph" engine (None: half the memory available now); a problem that
+        does not fit even in chunks is an InputError before the simulation starts
 
     Returns
     -------
@@ -46,13 +49,17 @@ def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float =
     for name, value in (("spins", spins), ("accuracy", accuracy)):
         if value is not None and name != option:
             raise ConfigError(f"'{name}' is not an option of the {engine} engine (its option is '{option}')")
+    if memory_gb is not None and engine != "graph":
+        raise ConfigError(f"memory_gb is an option of the graph engine only, not of the {engine} engine")
     if slice_profile and engine != "bloch":
         raise ConfigError(f"slice_profile is an option of the bloch engine only, not of the {engine} engine")
     if device is not None:
         seq, twin = seq.to(device), twin.to(device)
     given = spins if option == "spins" else accuracy
     value = default if given is None else given
-    extra = {"slice_profile": True} if slice_profile else {}
+    extra: dict[str, object] = {"slice_profile": True} if slice_profile else {}
+    if memory_gb is not None:
+        extra["memory_gb"] = memory_gb
     signal = run(seq, twin, **{option: value}, **extra)
     raw = to_rawdata(seq, signal, noise=noise, seed=seed, field_strength_t=field_strength_t)
     raw.provenance.update(engine=engine, **{option: str(value)}, **{k: str(v) for k, v in extra.items()})

@@ -40,7 +40,7 @@ T = TypeVar("T", bound=BaseModel)
 
 # ---- table schemas ---------------------------------------------------------------------------------
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SpinRow(_Strict):

@@ -200,8 +200,14 @@ def _read_numpy(path: Path, keys: list[str] | None) -> dict[str, MapData]:
     if isinstance(loaded, np.ndarray):
         variables = {"array": loaded}
     else:
+        variables = {}
         with loaded:
-            variables = {k: loaded[k] for k in loaded.files}
+            for k in loaded.files:
+                try:
+                    variables[k] = loaded[k]
+                except ValueError as err:  # object arrays are pickles: never loaded
+                    raise InputError(f"{path}: variable '{k}' is not a numeric array ({err}); expected numbers "
+                                     "(object/pickled arrays are never loaded)") from None
     return _split(path, variables, keys, matlab=False)
 
 

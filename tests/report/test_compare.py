@@ -145,9 +145,10 @@ def test_page_renders_in_chromium(b1_pair: tuple[Path, CompareResult], tmp_path:
 
 def test_inputs_of_different_shape_are_refused(b1_pair: tuple[Path, CompareResult], tmp_path: Path) -> None:
     folder, _ = b1_pair
-    protocol = load_protocol(REPO / "protocols" / "gre.yaml").model_copy(update={"dummies": 0})
+    # other matrix AND other FOV (same FOV only resamples: tests/report/test_compare_warnings.py)
+    protocol = load_protocol(REPO / "protocols" / "gre.yaml").model_copy(update={"dummies": 0, "fov_mm": 150.0})
     write_mrd(simulate(build(protocol, matrix=8), builtin("brain", matrix=8)), tmp_path / "small.h5")
-    with pytest.raises(InputError, match="differ in shape"):
+    with pytest.raises(InputError, match="no common grid"):
         compare(folder / "sim.h5", tmp_path / "small.h5", tmp_path / "out")
     (tmp_path / "meas.dat").write_bytes(b"twix")
     with pytest.raises(InputError, match=r"needs the Pulseq \.seq"):
