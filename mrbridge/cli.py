@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,12 +49,19 @@ def _options(
 
 @contextmanager
 def _working(message: str) -> Iterator[None]:
-    """A spinner for steps that take a while (only on a terminal, never with --quiet)."""
-    if _state["quiet"] or not err.is_terminal:
+    """A spinner for steps that take a while on a terminal; elsewhere (a log) plain lines when the step starts
+    and ends, with its duration, so that a long run shows life; nothing with --quiet."""
+    if _state["quiet"]:
         yield
         return
-    with err.status(message):
-        yield
+    if err.is_terminal:
+        with err.status(message):
+            yield
+        return
+    start = time.monotonic()
+    out.print(f"{message} …", highlight=False)
+    yield
+    out.print(f"{message}: done in {time.monotonic() - start:.1f} s", highlight=False)
 
 
 def _device(name: str | None) -> str:
