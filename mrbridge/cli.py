@@ -33,8 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 _state = {"debug": False, "quiet": False}
 
 
@@ -550,7 +550,7 @@ def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("out/demo"),
     matrix: Annotated[int, typer.Option(help="Matrix size.")] = 64,
 ) -> None:
-    """The whole loop on builtin:brain: simulate GRE/SE, optimize, export, simulate, recon, compare."""
+    """The whole loop on the built-in brain twin: simulate GRE/SE, optimize, export, simulate, recon, compare."""
     from mrbridge.demo import run_demo
 
     with _working("running the demo"):

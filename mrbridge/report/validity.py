@@ -203,10 +203,15 @@ def assess(sim: torch.Tensor, meas: torch.Tensor, *, sim_raw: RawData | None = N
         warnings.append(f"the objects barely overlap: Dice {overlap:.2f} < {t.min_dice} of the simulated and "
                         f"measured object masks (> {100 * t.object_level:.0f} % of each image's bright level); "
                         "misplaced object, wrong FOV or a different object")
+    unlike = not corr >= t.min_correlation
+    if unlike and twin is None and overlap >= t.min_dice:  # objects that do not overlap are warned of above
+        warnings.append(f"the simulated and measured images do not look alike (correlation of the magnitudes "
+                        f"{corr:.2f} < {t.min_correlation} inside the object): the twin is probably not the "
+                        "scanned object, so the numbers compare two different objects")
     roi_meaningful = True
     if twin is not None:
         reasons = []
-        if not corr >= t.min_correlation:
+        if unlike:
             reasons.append(f"the measured object does not look like the twin (correlation of the magnitudes "
                            f"{corr:.2f} < {t.min_correlation} inside the object)")
         if warnings:

@@ -135,11 +135,13 @@ def test_objects_that_do_not_overlap_warn(tmp_path: Path) -> None:
     assert len(result.warnings) == 1 and "barely overlap" in result.warnings[0]
     assert recorded(result)["warnings"] == result.warnings
     assert "barely overlap" in page_warnings(result)
-    # half-overlapping discs (shift of one radius) stay above the threshold: the check is not a hair trigger
+    # half-overlapping discs (shift of one radius) stay above the Dice threshold: the check is not a hair
+    # trigger; their magnitudes, though, do not correlate, and that is said (once, not as an overlap)
     write_mrd(simulate(seq, disc_twin((-1, 0), 3.5)), tmp_path / "near.h5")
     write_mrd(simulate(seq, disc_twin((1, 0), 3.5)), tmp_path / "near_meas.h5")
     near = compare(tmp_path / "near.h5", tmp_path / "near_meas.h5", tmp_path / "near")
-    assert near.metrics.dice is not None and near.metrics.dice > THRESHOLDS.min_dice and near.warnings == []
+    assert near.metrics.dice is not None and near.metrics.dice > THRESHOLDS.min_dice
+    assert len(near.warnings) == 1 and "do not look alike" in near.warnings[0]
 
 
 def test_same_fov_other_matrix_is_resampled_and_reported(tmp_path: Path) -> None:
