@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,9 @@ class Trainer:
         self.stopped = False
         self.initial: dict[str, float] = {}
         self.trial_best: tuple[float, list[torch.Tensor]] | None = None
-        self.show = sys.stderr.isatty() if progress is None else progress
-        self.show = self.show and self.dist.main
+        # None: a bar on a terminal, plain lines in a log; False: nothing (--quiet); only the main process shows
+        self.show = (progress is None or progress) and self.dist.main
+        self.plain = progress is None and not sys.stderr.isatty()
         if (self.out / CHECKPOINT).exists():
             if not resume:
                 raise InputError(f"{self.out}: holds a checkpoint of an earlier run; resume it (--resume) or "
@@ -277,7 +279,7 @@ class Trainer:
         if self.step == 0:
             self.initial = self.validate()
             self._write_bundle(partial=True)  # usable from the start: the initial sequence
-        progress = _Progress(self.total, self.show, self.step)
+        progress = _Progress(self.total, self.show, self.step, plain=self.plain)
         try:
             while self.step < self.total and not self.stopped:
                 phase, local = self._phase(self.step)
@@ -339,11 +341,17 @@ class Trainer:
 
 
 class _Progress:
-    """A rich progress bar with loss, SAR proxy and scan time (only when shown)."""
+    """Training progress with loss, SAR proxy and scan time: a rich bar, or (``plain``, for logs) a line with the
+    step, percentage and ETA at most every ``PLAIN_EVERY_S`` seconds and at the end; nothing when not shown."""
 
-    def __init__(self, total: int, show: bool, done: int) -> None:
+    PLAIN_EVERY_S = 10.0
+
+    def __init__(self, total: int, show: bool, done: int, *, plain: bool = False) -> None:
         self.bar: Any = None
-        if not show:
+        self.total, self.done, self.start_done = total, done, done
+        self.lines = show and plain
+        self.start = self.last = time.monotonic()
+        if not show or plain:
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -353,11 +361,17 @@ class _Progress:
         self.id = self.bar.add_task("optimize", total=total, completed=done, info="")
 
     def update(self, row: dict[str, Any]) -> None:
-        if self.bar is None:
-            return
         info = f"loss {row.get('loss', float('nan')):.4g}  SAR α²/s {row['sar_flip2']:.3g}  " \
                f"time {row['scan_time_s']:.3g} s"
-        self.bar.update(self.id, advance=1, info=info)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.id, advance=1, info=info)
+        now = time.monotonic()
+        if self.lines and (now - self.last >= self.PLAIN_EVERY_S or self.done == self.total):
+            self.last = now
+            rate = (now - self.start) / max(self.done - self.start_done, 1)
+            print(f"optimize step {self.done}/{self.total} ({100 * self.done / self.total:.0f} %)  {info}  "
+                  f"ETA {rate * (self.total - self.done):.0f} s", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

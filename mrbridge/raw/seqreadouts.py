@@ -163,7 +163,8 @@ def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) ->
     if np.any(n_samples != n_samples[0]):
         raise InputError(
             f"{where(str(seq_path), '[ADC]')}: ADC events have {sorted(set(n_samples.tolist()))} samples; "
-            "expected one length for all readouts"
+            "readouts of different lengths (e.g. navigators or calibration lines of another size) cannot be "
+            "reconstructed together here: expected one length for all readouts"
         )
     k_adc, _, t_exc, _, t_adc = seq.calculate_kspace(trajectory_delay=trajectory_delay)
     n_s = int(n_samples[0])
