@@ -144,6 +144,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("optimize-task-missing", ["optimize", "{missing}.yaml", "-o", "{out}"], ["missing.yaml"]),
     ("optimize-output-is-file", ["optimize", TASK, "-o", "{twin}"], ["twin.h5"]),
     ("optimize-device-cuda", ["optimize", TASK, "-o", "{out}", "--device", "cuda:3"], ["--device"]),
+    ("optimize-task-twin-missing", ["optimize", "{task_missing_twin}", "-o", "{out}"],
+     ["task_missing_twin.yaml", "data.twin", "nothere.h5"]),
     ("compare-sim-missing", ["compare", "--sim", "{missing}.h5", "--meas", "{raw}", "-o", "{out}"], ["missing.h5"]),
     ("compare-meas-junk", ["compare", "--sim", "{raw}", "--meas", "{binary}", "-o", "{out}"], ["binary.bin"]),
     ("compare-output-is-file", ["compare", "--sim", "{raw}", "--meas", "{raw}", "-o", "{twin}"], ["twin.h5"]),
@@ -189,6 +191,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                            for line in protocol.splitlines()) + "\n")
     f["typo_protocol"] = d / "typo.yaml"
     f["typo_protocol"].write_text(protocol.replace("flip_angle_deg", "flip_angel_deg"))
+    f["task_missing_twin"] = d / "task_missing_twin.yaml"
+    f["task_missing_twin"].write_text(Path(TASK).read_text().replace("twin: builtin:brain", "twin: nothere.h5"))
     f["list_yaml"] = d / "list.yaml"
     f["list_yaml"].write_text("- 1\n- 2\n")
     raw = RawData(torch.randn(1, 8, 8, dtype=torch.complex64), header=RawHeader(encoded_matrix=(8, 8, 1),

@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from mrbridge.errors import InputError
 from mrbridge.optimize.task import DataSpec
 from mrbridge.twin.phantoms import builtin, open_twin
 from mrbridge.twin.twin import Twin
@@ -66,10 +67,15 @@ class TwinSet:
 
     def _make(self, index: int) -> Twin:
         spec = self.spec
-        if spec.kind == "twin":
-            return open_twin(spec.twin, matrix=self.matrix, seed=spec.seed)
-        if spec.kind == "files":
-            return open_twin(spec.files[index])
+        field, name = ("data.twin", spec.twin) if spec.kind == "twin" else (f"data.files[{index}]", "")
+        try:
+            if spec.kind == "twin":
+                return open_twin(spec.twin, matrix=self.matrix, seed=spec.seed)
+            if spec.kind == "files":
+                name = spec.files[index]
+                return open_twin(name)
+        except InputError as err:  # name the task and its field, not only the twin
+            raise InputError(f"{self.source}: field '{field}' = {name!r}: {err}") from None
         if spec.kind == "spin_random":
             return builtin("spin-random", matrix=self.matrix, seed=spec.seed + index)
         return sparse_twin(spec, self.matrix, index)

@@ -3,7 +3,9 @@
 ``Recon(config)(raw) -> Image`` is differentiable w.r.t. ``raw.kdata`` and ``raw.traj``; its configuration
 and (optional network) weights round-trip through a run bundle (``recon.json`` + ``recon.pt``).
 
-Stages: noise prewhitening → (fft, sense) line readouts that alternate in direction or are ramp-sampled (EPI):
+Stages: noise prewhitening → (fft, sense) readouts that cross several k-space lines (a single-trajectory EPI: one
+ADC over the whole echo train) split into virtual line readouts (``mrbridge.recon.lines``) → (fft, sense) line
+readouts that alternate in direction or are ramp-sampled (EPI):
 N/2 ghost correction and regridding onto the Cartesian k_x grid (``mrbridge.recon.epi``) → gridding by the
 encoding labels (Cartesian: fft, sense) or an exact non-Cartesian transform of ``raw.traj`` (adjoint, cg) → coil
 combination → readout-oversampling removal → optional network.
@@ -28,6 +30,7 @@ from mrbridge.raw.rawdata import RawData
 from mrbridge.recon.coils import estimate_sensitivities
 from mrbridge.recon.epi import cartesian_view
 from mrbridge.recon.image import Image
+from mrbridge.recon.lines import virtual_lines
 from mrbridge.recon.networks import build_network
 from mrbridge.recon.operators import CoilOp, FourierOp, LinearOperator, NonCartesianOp
 from mrbridge.recon.regrid import needs_regrid
@@ -84,11 +87,17 @@ class ReconConfig(BaseModel):
 
 def default_method(raw: RawData) -> Literal["fft", "cg"]:
     """The method for ``raw`` when the user names none: fft for Cartesian data and for line readouts (EPI,
-    alternating or ramp-sampled lines, regridded onto the Cartesian matrix), cg for any other trajectory."""
+    alternating or ramp-sampled lines, regridded onto the Cartesian matrix; also lines that one long readout
+    crosses, split by ``mrbridge.recon.lines``), cg for any other trajectory."""
     h = raw.header
     flags = raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)
     imaging = ~torch.stack([_has(flags, bit) for bit in _SKIP]).any(0)
-    return "fft" if h.trajectory == "cartesian" or needs_regrid(raw.traj, h.encoded_fov, imaging) else "cg"
+    if h.trajectory == "cartesian":
+        return "fft"
+    view, _, split = virtual_lines(raw, raw.kdata, imaging)  # a readout crossing several lines (one-ADC EPI)
+    if split:
+        imaging = torch.ones(view.readouts, dtype=torch.bool)
+    return "fft" if needs_regrid(view.traj, h.encoded_fov, imaging) else "cg"
 
 
 def _has(flags: torch.Tensor, bit: int) -> torch.Tensor:
@@ -199,11 +208,12 @@ class Recon(nn.Module):
         kdata = raw.kdata
         if c.prewhiten and raw.noise is not None and raw.noise.shape[-1] > raw.coils:
             kdata = prewhiten(kdata, raw.noise)
+        lines: dict[str, str] = {}  # readouts crossing several lines (one-ADC EPI) → virtual line readouts
+        if c.method in ("fft", "sense") and not is_unencoded(raw):
+            raw, kdata, lines = virtual_lines(raw, kdata, ~self._skipped(raw).cpu())
         flags = raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)
         flags = flags.to(kdata.device)
-        skip = torch.zeros_like(flags, dtype=torch.bool)
-        for bit in _SKIP:
-            skip |= _has(flags, bit)
+        skip = self._skipped(raw).to(kdata.device)
         calib_only = _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
         calib = calib_only | _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
         if is_unencoded(raw):
@@ -229,8 +239,18 @@ class Recon(nn.Module):
             h.encoded_fov[1] * ny / h.encoded_matrix[1],
             h.encoded_fov[2] * (1 if h.encoded_matrix[2] > 1 else image.shape[-3]),
         )
-        meta = {"method": c.method, "coils": raw.coils, "coil_combine": c.coil_combine, **raw.provenance, **view}
+        meta = {"method": c.method, "coils": raw.coils, "coil_combine": c.coil_combine, **raw.provenance, **lines,
+                **view}
         return Image(data=image, fov=fov, meta=meta)
+
+    @staticmethod
+    def _skipped(raw: RawData) -> torch.Tensor:
+        """(readouts,) bool: readouts that never enter an image (noise, navigators, dummy scans, …)."""
+        flags = raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)
+        skip = torch.zeros_like(flags, dtype=torch.bool)
+        for bit in _SKIP:
+            skip |= _has(flags, bit)
+        return skip
 
     def _spectra(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor) -> Image:
         """An acquisition without spatial encoding: data (1, 1, 1, readouts, samples), row r the root-sum-of-squares
