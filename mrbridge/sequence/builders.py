@@ -1,4 +1,5 @@
-"""Build a :class:`~mrbridge.sequence.model.Sequence` from a protocol (spin echo, GRE, TSE, bSSFP, IR-GRE).
+"""Build a :class:`~mrbridge.sequence.model.Sequence` from a protocol (spin echo, GRE, TSE, bSSFP, IR-GRE; EPI in
+:mod:`mrbridge.sequence.builders_epi`, radial and spiral in :mod:`mrbridge.sequence.builders_noncartesian`).
 
 Every builder uses the same Cartesian readout: ``N`` ADC events of one dwell, each adding Δk = 1/FOV in x,
 after a prephaser that puts sample ``j`` (recorded at the end of its event) exactly on
@@ -26,9 +27,11 @@ from mrbridge.sequence.model import (
 )
 from mrbridge.sequence.protocol import (
     BssfpProtocol,
+    EpiProtocol,
     GreProtocol,
     IrGreProtocol,
     Protocol,
+    RadialProtocol,
     SpinEchoProtocol,
     TseProtocol,
     with_matrix,
@@ -327,4 +330,14 @@ def build(protocol: Protocol, *, matrix: int | None = None, dtype: torch.dtype =
         return tse(protocol, dtype=dtype)
     if isinstance(protocol, BssfpProtocol):
         return bssfp(protocol, dtype=dtype)
-    return ir_gre(protocol, dtype=dtype)
+    if isinstance(protocol, IrGreProtocol):
+        return ir_gre(protocol, dtype=dtype)
+    # imported here: these modules build on the helpers above
+    from mrbridge.sequence.builders_epi import epi
+    from mrbridge.sequence.builders_noncartesian import radial, spiral
+
+    if isinstance(protocol, EpiProtocol):
+        return epi(protocol, dtype=dtype)
+    if isinstance(protocol, RadialProtocol):
+        return radial(protocol, dtype=dtype)
+    return spiral(protocol, dtype=dtype)

@@ -1,11 +1,15 @@
 """Protocol files: the YAML a user writes to describe a sequence, validated by pydantic.
 
-Each file has a ``kind`` (``se``, ``gre``, ``tse``, ``bssfp``, ``irgre``) that selects its schema. Keys name
+Each file has a ``kind`` (``se``, ``gre``, ``tse``, ``bssfp``, ``irgre``, and the non-Cartesian or line-train
+kinds ``epi``, ``radial``, ``spiral``) that selects its schema. Keys name
 their non-SI unit (``te_ms``, ``fov_mm``, ``dwell_us``…); unknown keys are errors. Some kinds set the
 durations of the RF shapes the exporter plays (``rf_ms``, ``refocusing_rf_ms``, ``inversion_rf_ms``: each
 pulse's ``PulseShape.duration``, 1 ms otherwise); the model's pulses are instantaneous. Timing is checked
 against the Cartesian readout of :mod:`mrbridge.sequence.builders`: ``matrix`` samples of ``dwell_us`` each,
 the echo (k = 0) ``matrix/2 + 1`` dwells after the readout starts and ``matrix/2 − 1`` dwells before it ends.
+EPI and spiral timing depends on gradient limits: their ``system`` key names a preset of calibration/systems
+(``generic3t`` by default) and their timing is checked against the gradients
+:mod:`mrbridge.sequence.builders_epi` and :mod:`mrbridge.sequence.builders_noncartesian` design for it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from pydantic import (
 )
 
 from mrbridge.errors import ConfigError
+from mrbridge.system import SYSTEMS_DIR
 from mrbridge.yamlfile import load_yaml
 
-KINDS = ("se", "gre", "tse", "bssfp", "irgre")
+KINDS = ("se", "gre", "tse", "bssfp", "irgre", "epi", "radial", "spiral")
 
 
 class ProtocolValueError(ValueError):
@@ -264,8 +269,121 @@ class IrGreProtocol(_ProtocolBase):
         return self
 
 
+def _preset(value: str) -> str:
+    """A system preset name (calibration/systems/NAME.yaml)."""
+    if not (SYSTEMS_DIR / f"{value}.yaml").is_file():
+        presets = ", ".join(sorted(p.stem for p in SYSTEMS_DIR.glob("*.yaml")))
+        raise ProtocolValueError("system", value, f"must name a system preset ({presets})")
+    return value
+
+
+class EpiProtocol(_ProtocolBase):
+    """Blipped gradient-echo EPI, single- or multi-shot (interleaved), optionally ramp-sampled, partial Fourier
+    and with three navigator lines; timing from the gradients designed for ``system``."""
+
+    kind: Literal["epi"] = "epi"
+    system: str = Field(default="generic3t", description="gradient limits: a preset of calibration/systems")
+    te_ms: float = Field(default=30.0, gt=0, description="excitation to the k-space centre line's centre")
+    tr_ms: float = Field(default=3000.0, gt=0, description="per shot")
+    flip_angle_deg: float = Field(default=90.0, gt=0, le=180)
+    dwell_us: float = Field(default=4.0, gt=0, le=10_000, description="ADC spacing; k_x moves ≤ 1/FOV per dwell")
+    shots: int = Field(default=1, ge=1, le=1024, description="interleaved segments (lines shot, shot + shots, …)")
+    partial_fourier: float = Field(default=1.0, ge=0.5, le=1.0, description="fraction of k_y lines acquired")
+    ramp_sampling: bool = Field(default=True, description="ADC over the whole readout trapezoid, ramps included")
+    navigators: bool = Field(default=False, description="three non-phase-encoded lines before the train")
+    rf_ms: float = Field(default=2.0, gt=0, le=100, description="excitation pulse duration (a 1-ms 90° sinc "
+                         "exceeds 20 µT peak B1)")
+    rf_spoiling_deg: float = Field(default=117.0, ge=0, lt=360, description="quadratic increment; 0 = off")
+    spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing per shot")
+
+    @field_validator("system")
+    @classmethod
+    def _known_system(cls, value: str) -> str:
+        return _preset(value)
+
+    @model_validator(mode="after")
+    def _timing(self) -> EpiProtocol:
+        from mrbridge.sequence.builders_epi import epi_plan
+
+        epi_plan(self)  # raises ProtocolValueError naming the key when the timing does not fit
+        return self
+
+
+class RadialProtocol(_ProtocolBase):
+    """2D golden-angle radial spoiled GRE: spoke n at n·111.246°, 2·matrix samples (readout oversampling 2)."""
+
+    kind: Literal["radial"] = "radial"
+    spokes: int = Field(default=100, ge=1, le=100_000)
+    te_ms: float = Field(default=5.0, gt=0)
+    tr_ms: float = Field(default=12.0, gt=0)
+    flip_angle_deg: float = Field(default=15.0, gt=0, le=180)
+    dwell_us: float = Field(default=25.0, gt=0, le=10_000, description="ADC spacing: k moves 1/(2·FOV) per dwell")
+    rf_spoiling_deg: float = Field(default=117.0, ge=0, lt=360, description="quadratic increment; 0 = off")
+    dummies: int = Field(default=100, ge=0, le=100_000)
+    spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
+
+    @property
+    def before_echo(self) -> float:
+        """s from the readout start to the k = 0 sample (2·matrix samples)."""
+        return (self.matrix + 1) * self.dwell
+
+    @property
+    def after_echo(self) -> float:
+        """s from the k = 0 sample to the readout end."""
+        return (self.matrix - 1) * self.dwell
+
+    @model_validator(mode="after")
+    def _timing(self) -> RadialProtocol:
+        te, tr = self.te_ms * 1e-3, self.tr_ms * 1e-3
+        if te <= self.before_echo:
+            raise ProtocolValueError("te_ms", self.te_ms, f"must be > (matrix + 1)·dwell = {_ms(self.before_echo)}")
+        if tr <= te + self.after_echo:
+            raise ProtocolValueError(
+                "tr_ms", self.tr_ms, f"must be > te_ms + (matrix − 1)·dwell = {_ms(te + self.after_echo)}"
+            )
+        return self
+
+
+class SpiralProtocol(_ProtocolBase):
+    """Variable-density spiral spoiled GRE, ``interleaves`` rotated arms, designed within ``system``'s limits.
+
+    Turn spacing (all interleaves together) Δk_r(k) = (1 + (k/k0)^p)/FOV with k0 = density_k0_fraction·k_max,
+    p = density_power: the sampling density ∝ 1/(1 + (k/k0)^p), Nyquist (1/FOV) at the centre.
+    """
+
+    kind: Literal["spiral"] = "spiral"
+    system: str = Field(default="generic3t", description="gradient limits: a preset of calibration/systems")
+    interleaves: int = Field(default=8, ge=1, le=1024)
+    te_ms: float = Field(default=2.0, gt=0, description="excitation to the spiral start (k = 0)")
+    tr_ms: float = Field(default=20.0, gt=0)
+    flip_angle_deg: float = Field(default=15.0, gt=0, le=180)
+    dwell_us: float = Field(default=2.0, gt=0, le=10_000, description="ADC spacing; ≤ 1/(FOV·peak gradient)")
+    density_k0_fraction: float = Field(default=1.0, gt=0, le=100, description="k0 / k_max")
+    density_power: float = Field(default=4.0, ge=1, le=16, description="p")
+    rf_ms: float = Field(default=1.0, gt=0, le=100, description="excitation pulse duration")
+    rf_spoiling_deg: float = Field(default=117.0, ge=0, lt=360, description="quadratic increment; 0 = off")
+    dummies: int = Field(default=100, ge=0, le=100_000)
+    spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
+
+    @field_validator("system")
+    @classmethod
+    def _known_system(cls, value: str) -> str:
+        return _preset(value)
+
+    @model_validator(mode="after")
+    def _timing(self) -> SpiralProtocol:
+        from mrbridge.sequence.builders_noncartesian import spiral_plan
+
+        spiral_plan(self)  # raises ProtocolValueError naming the key when the timing does not fit
+        return self
+
+
+_KIND_MODELS = (SpinEchoProtocol, GreProtocol, TseProtocol, BssfpProtocol, IrGreProtocol, EpiProtocol, RadialProtocol,
+                SpiralProtocol)
 Protocol = Annotated[
-    SpinEchoProtocol | GreProtocol | TseProtocol | BssfpProtocol | IrGreProtocol, Field(discriminator="kind")
+    SpinEchoProtocol | GreProtocol | TseProtocol | BssfpProtocol | IrGreProtocol | EpiProtocol | RadialProtocol
+    | SpiralProtocol,
+    Field(discriminator="kind"),
 ]
 _ADAPTER: TypeAdapter[Protocol] = TypeAdapter(Protocol)
 
@@ -283,7 +401,7 @@ _EXPECT = {
 
 
 def _allowed_keys(kind: Any) -> str:
-    for model in (SpinEchoProtocol, GreProtocol, TseProtocol, BssfpProtocol, IrGreProtocol):
+    for model in _KIND_MODELS:
         if model.model_fields["kind"].default == kind:
             return ", ".join(model.model_fields)
     return "see protocols/*.yaml"

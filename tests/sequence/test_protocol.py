@@ -107,7 +107,7 @@ def test_te_shorter_than_the_prephaser(tmp_path: Path) -> None:
             "field 'tr_ms' = 3000.0: must be > ti_ms + te_ms + (matrix/2 − 1)·dwell = 3006 ms",
         ),
         ("kind: bssfp\ntr_ms: 1\n", "field 'tr_ms' = 1: must be > 2·(matrix/2 + 1)·dwell"),
-        ("kind: epi\n", "field 'kind' = 'epi': must be one of 'se', 'gre'"),
+        ("kind: fse\n", "field 'kind' = 'fse': must be one of 'se', 'gre'"),
         ("te_ms: 5\n", "field 'kind': required key is missing"),
         ("- 1\n- 2\n", "expected a mapping"),
         ("kind: gre\nte_ms: [5\n", "not valid YAML at line"),
