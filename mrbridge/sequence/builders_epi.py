@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import ismrmrd
 import numpy as np
 import torch
 
@@ -43,6 +44,8 @@ from mrbridge.sequence.model import PulseUsage, ReadoutLabels, Repetition, Seque
 from mrbridge.sequence.protocol import EpiProtocol, ProtocolValueError
 from mrbridge.system import System
 
+#: ISMRMRD flag bit of the navigator lines: phase-correction data, kept out of the image
+PHASE_CORRECTION = 1 << (ismrmrd.ACQ_IS_PHASECORR_DATA - 1)
 #: navigator lines before the train
 NAVIGATORS = 3
 _EPS = 1e-9
@@ -287,7 +290,7 @@ def epi(p: EpiProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
                 parts += _line(plan, (-1.0) ** j, 0.0 if j < NAVIGATORS - 1 else None, adc, phase)
             kx = -area / 2 + area * (NAVIGATORS % 2)  # after the navigators
             parts.append(_gap(plan.nav_rewind, (-area / 2 - kx, ky0, 0.0)))
-            labels += [ReadoutLabels(kspace_encode_step_1=n // 2) for _ in range(NAVIGATORS)]
+            labels += [ReadoutLabels(kspace_encode_step_1=n // 2, flags=PHASE_CORRECTION) for _ in range(NAVIGATORS)]
         else:
             parts.append(_gap(start, (-area / 2, ky0, 0.0)))
         for j, line in enumerate(lines):

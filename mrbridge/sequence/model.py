@@ -54,7 +54,7 @@ class PulseShape(BaseModel):
 
 
 class ReadoutLabels(BaseModel):
-    """ISMRMRD encoding counters of one readout (names as in ``ismrmrd.EncodingCounters``)."""
+    """ISMRMRD encoding counters of one readout (names as in ``ismrmrd.EncodingCounters``) and its role flags."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -67,6 +67,7 @@ class ReadoutLabels(BaseModel):
     repetition: int = 0
     set: int = 0
     segment: int = 0
+    flags: int = 0  # ISMRMRD acquisition flag bits of the readout's role, e.g. phase-correction (navigator) lines
 
 
 class SequenceInfo(BaseModel):

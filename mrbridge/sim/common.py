@@ -70,7 +70,8 @@ def to_rawdata(seq: Sequence, signal: torch.Tensor, *, noise: float = 0.0, seed:
         flip_angle_deg=[info.flip_angle_deg], coils=coils,
     )
     return RawData(
-        kdata=kdata, header=header, traj=traj, labels=labels, flags=acquisition_flags(labels),
+        kdata=kdata, header=header, traj=traj, labels=labels,
+        flags=acquisition_flags(labels) | torch.tensor([lab.flags for *_, lab in readouts], dtype=torch.int64),
         sample_time=seq.adc_times().reshape(len(readouts), samples), noise=noise_scan, dwell=dwell,
         center_sample=center_sample(traj[0].detach()),
         provenance={"noise": repr(noise), "seed": str(seed)},

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import ismrmrd
 import numpy as np
 import pytest
 import torch
@@ -127,6 +128,11 @@ def test_epi_ramp_samples_follow_the_trapezoid() -> None:
 def test_epi_shots_partial_fourier_and_navigators() -> None:
     seq = _seq(kind="epi", te_ms=40, shots=2, partial_fourier=0.75, navigators=True)
     labels = [lab.kspace_encode_step_1 for *_, lab in seq.readouts()]
+    # navigators are phase-correction data (ISMRMRD flag 24), so the recon keeps them out of the image
+    raw_flags = simulate(seq, builtin("brain", matrix=N)).flags
+    assert raw_flags is not None
+    navigator = ((raw_flags >> (ismrmrd.ACQ_IS_PHASECORR_DATA - 1)) & 1).bool()
+    assert navigator.tolist() == ([True] * 3 + [False] * 12) * 2
     first = N - 24  # 0.75·32 lines acquired: the first 8 (most negative k_y) skipped
     readouts = _readouts(seq)
     per_shot = 3 + 12
