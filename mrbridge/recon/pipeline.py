@@ -28,6 +28,7 @@ from mrbridge.atomic import atomic_path, atomic_write_text
 from mrbridge.errors import ConfigError, InputError
 from mrbridge.raw.rawdata import RawData
 from mrbridge.recon.coils import estimate_sensitivities
+from mrbridge.recon.dcf import pipe_dcf
 from mrbridge.recon.epi import cartesian_view
 from mrbridge.recon.image import Image
 from mrbridge.recon.lines import virtual_lines
@@ -73,6 +74,9 @@ class ReconConfig(BaseModel):
     )
     ghost_phase_rad: float = Field(default=0.0, description="fixed: phase of reversed against forward lines")
     ghost_delay_us: float = Field(default=0.0, description="fixed: gradient-to-ADC delay (as --trajectory-delay-us)")
+    density_compensation: Literal["none", "pipe"] = Field(
+        default="none", description="adjoint: weight the samples by Pipe's iterative density compensation"
+    )
     network: Literal["none", "cnn", "unet"] = "none"
     network_features: int = Field(default=16, ge=1)
     network_depth: int = Field(default=3, ge=1, description="conv layers (cnn, ≥ 2) or levels (unet)")
@@ -372,19 +376,23 @@ class Recon(nn.Module):
                 continue
             y = kdata[:, sel].reshape(raw.coils, -1)
             op = NonCartesianOp(traj[sel].reshape(-1, 3).to(kdata.device), (nz, ny, nx), h.encoded_fov)
+            if c.method == "adjoint" and c.density_compensation == "pipe":
+                with torch.no_grad():
+                    weights = pipe_dcf(traj[sel].reshape(-1, 3).to(kdata.device), (nz, ny, nx), h.encoded_fov)
+                y = y * weights.to(y.real.dtype)
             coil_images = op.H(y)  # (coils, nz, ny, nx)
             if c.method == "adjoint":
                 images.append(self._combine(coil_images[:, None])[0])
                 continue
-            if c.coil_combine == "sensitivity" and raw.coils > 1:
-                sens = self._sensitivities(coil_images)
-                a: LinearOperator = op @ CoilOp(sens)
-            else:
-                a = op
-            rhs = a.H(y)
+            # AᴴA by Toeplitz embedding (NonCartesianOp.normal): two FFTs per iteration instead of a NUFFT pair
+            sensitivity = c.coil_combine == "sensitivity" and raw.coils > 1
+            coil = CoilOp(self._sensitivities(coil_images)) if sensitivity else None
+            rhs = coil_images if coil is None else coil.H(coil_images)  # = (op @ coil).H(y), no second adjoint
 
-            def normal(x: torch.Tensor, a: LinearOperator = a) -> torch.Tensor:
-                return a.H(a(x)) + self.tikhonov() * x
+            def normal(x: torch.Tensor, coil: CoilOp | None = coil, op: NonCartesianOp = op) -> torch.Tensor:
+                if coil is None:
+                    return op.normal(x) + self.tikhonov() * x
+                return coil.H(op.normal(coil(x))) + self.tikhonov() * x
 
             x = conjugate_gradient(normal, rhs, iterations=c.iterations)
             images.append(x if x.dim() == 3 else self._combine(x[:, None])[0])
