@@ -63,6 +63,7 @@ def estimate_sensitivities(
         raise ValueError(f"kernel must be a positive odd number, got {kernel}")
     c = coil_images.shape[0]
     x = coil_images.detach()
+    x = x / x.abs().max().clamp_min(torch.finfo(x.real.dtype).tiny)  # scale-free: no overflow in the power iteration
     spatial = x.shape[1:]
     i, j = torch.triu_indices(c, c)  # Hermitian: filter the upper triangle only
     pairs = x[i] * x[j].conj()  # (pairs, z, y, x)
