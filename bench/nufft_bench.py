@@ -13,9 +13,8 @@ each in its own child process with one thread (OMP_NUM_THREADS=1, torch.set_num_
   its time is the whole process (reading/writing the small .cfl files included).
 * ``mrbridge cg-sense``: the same problem (same maps, λ, iterations), NonCartesianOp (NUFFT) ∘ CoilOp with the
   Toeplitz normal operator ``op.normal`` and ``conjugate_gradient`` — time of the recon, median of ``--repeats``.
-* ``mrbridge Recon``: ``Recon(method=cg, coil_combine=sensitivity)`` end to end as the pipeline is today (Walsh
-  maps from the adjoint, CG with a NUFFT pair per iteration).
-* ``mrbridge Recon+T``: the same with the Toeplitz normal operator (the change proposed for pipeline.py).
+* ``mrbridge Recon``: ``Recon(method=cg, coil_combine=sensitivity)`` end to end (Walsh maps from the adjoint,
+  CG with the Toeplitz normal operator).
 
 Error: ‖a·x − ref‖/‖ref‖ with the complex scalar a fitted by least squares (BART scales its data internally),
 ref = the phantom for the runs with the true maps, |phantom|·RSS(true maps) (and |x|) for the Walsh-map runs.
@@ -105,7 +104,6 @@ def child(stage: str, folder: Path, iterations: int, repeats: int) -> dict:
     import torch
 
     from mrbridge.raw.rawdata import RawData, RawHeader
-    from mrbridge.recon.coils import estimate_sensitivities
     from mrbridge.recon.operators import CoilOp, NonCartesianOp
     from mrbridge.recon.pipeline import Recon, ReconConfig
     from mrbridge.recon.solvers import conjugate_gradient
@@ -125,13 +123,6 @@ def child(stage: str, folder: Path, iterations: int, repeats: int) -> dict:
         rhs = coil.H(op.H(y))
         return conjugate_gradient(lambda x: coil.H(op.normal(coil(x))) + LAMBDA * x, rhs, iterations=iterations)
 
-    def walsh_toeplitz() -> torch.Tensor:  # what Recon._noncartesian does, with op.normal in the CG
-        op = NonCartesianOp(flat, shape, fov)
-        maps = estimate_sensitivities(op.H(y), kernel=5, threshold=0.05)
-        coil = CoilOp(maps)
-        return conjugate_gradient(lambda x: coil.H(op.normal(coil(x))) + LAMBDA * x, coil.H(op.H(y)),
-                                  iterations=iterations)
-
     def recon() -> torch.Tensor:
         header = RawHeader(trajectory="radial", encoded_matrix=(n, n, 1), recon_matrix=(n, n, 1),
                            encoded_fov=fov, recon_fov=fov, coils=kdata.shape[0])
@@ -141,7 +132,7 @@ def child(stage: str, folder: Path, iterations: int, repeats: int) -> dict:
         cfg = ReconConfig(method="cg", coil_combine="sensitivity", iterations=iterations, tikhonov=LAMBDA)
         return Recon(cfg)(raw).data.reshape(n, n)
 
-    fn = {"cg-sense": lambda: toeplitz_cg(sens), "recon": recon, "recon-toeplitz": walsh_toeplitz}[stage]
+    fn = {"cg-sense": lambda: toeplitz_cg(sens), "recon": recon}[stage]
     times = []
     with torch.no_grad():
         for _ in range(repeats):
@@ -212,8 +203,7 @@ def main() -> None:
             me = [sys.executable, __file__, "--iterations", str(a.iterations), "--repeats", str(a.repeats), "--child"]
             _, base_rss, _ = run_measured([*me, "baseline", str(folder)])
             for stage, label in (("cg-sense", "mrbridge cg-sense (true maps, Toeplitz)"),
-                                 ("recon-toeplitz", "mrbridge Recon+T (Walsh maps, Toeplitz)"),
-                                 ("recon", "mrbridge Recon cg (as today)")):
+                                 ("recon", "mrbridge Recon cg (Walsh maps)")):
                 _, peak, out = run_measured([*me, stage, str(folder)])
                 res = json.loads(out.strip().splitlines()[-1])
                 img = np.load(res["image"])
