@@ -16,10 +16,16 @@ How the moment model becomes hardware events (all times on the system's rasters)
   g = m/Δt and the ADC on its flat top. Pulseq samples at delay + (i + ½)·Δt, the model at the end of event i;
   the neighbouring events absorb the moments and times of the ramps and of that half dwell, so that k and the
   time at every sample equal the model's.
-* A run of ADC events with one dwell Δt but different moments m_j (one learned moment per sample) becomes a
-  piecewise-linear readout gradient per axis: over the window of event j (Δt ending at sample j) it steps linearly
-  in τ from the previous level to a_j and stays flat, a_j chosen so that the window's area is m_j. τ (whole
-  gradient rasters, < Δt) is the shortest whose steps keep the PNS-safe slew; else :class:`ConfigError`.
+* A run of ADC events with one dwell Δt but different moments m_j (ramp-sampled EPI, spiral, one learned moment
+  per sample) becomes the smoothest extended trapezoid per axis, a knot on every gradient raster point, whose k at
+  every sample is the model's (within ``K_TOLERANCE`` k steps), within max_grad and the PNS-safe slew
+  (:mod:`mrbridge.sequence.export_readout`); runs with short events between them (EPI lines and blips) are one
+  such waveform across their blocks, so they keep the model's timing. Failing that, the older per-window design:
+  over the window of event j the gradient steps linearly in τ (whole rasters < Δt) from the previous level to
+  a_j and stays flat; else a one-line :class:`ConfigError` naming the repetition, events, need and limit.
+* Crushers: ``crusher_cycles`` cycles across the slice on z in the events before and after every refocusing pulse
+  (equal lobes, every echo alike: the echo and the CPMG condition are kept, the pulse's FID is dephased).
+* ``slew_fraction`` scales the slew of every trapezoid (events, constant readouts, slice selects).
 * Every gradient ramp keeps to the IEC dB/dt limit (:mod:`mrbridge.sequence.pns`): a trapezoid (event, readout or
   slice select) to amplitude G ramps with at most ``PNS_MARGIN`` × the slew S_max(G) that limit allows (and the
   system's max slew), so the file passes the IEC PNS check of :mod:`mrbridge.sequence.safety` by construction.
@@ -45,24 +51,25 @@ import torch
 
 from mrbridge.atomic import atomic_path
 from mrbridge.errors import ConfigError
+from mrbridge.sequence.export_readout import (
+    _AREA_TOL,
+    _TOL,
+    _ceil,
+    _check_amplitude,
+    _Event,
+    _label_events,
+    _ReadoutUnit,
+    _round,
+    _run_adc,
+    _smooth_train,
+    _trains,
+    pns_slew,
+)
 from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence, runs
-from mrbridge.sequence.pns import max_pns_slew
 from mrbridge.system import GAMMA_HZ_PER_T, IecLimits, System
 
-_TOL = 1e-9  # s, timing tolerance
-_AREA_TOL = 1e-6  # 1/m, smaller moments are not played
-PNS_MARGIN = 0.95  # exported ramps use at most this fraction of the slew the IEC dB/dt limit allows
-LABEL_NAMES = {  # ReadoutLabels field → Pulseq label
-    "kspace_encode_step_1": "LIN",
-    "kspace_encode_step_2": "PAR",
-    "average": "AVG",
-    "slice": "SLC",
-    "contrast": "ECO",
-    "phase": "PHS",
-    "repetition": "REP",
-    "set": "SET",
-    "segment": "SEG",
-}
+CRUSHER_CYCLES = 4.0  # default crusher around each refocusing pulse: cycles across the slice thickness
+K_TOLERANCE = 2.5e-4  # k steps (1/FOV): the largest k error at an ADC sample a designed readout may have
 RF_USE = {
     PulseUsage.EXCITATION: "excitation",
     PulseUsage.REFOCUSING: "refocusing",
@@ -115,32 +122,6 @@ def system_opts(system: System) -> pp.Opts:
     )
 
 
-def _ceil(value: float, raster: float) -> float:
-    return math.ceil(value / raster - 1e-6) * raster
-
-
-def _round(value: float, raster: float) -> float:
-    return round(value / raster) * raster
-
-
-def pns_slew(amplitude: float, opts: pp.Opts, iec: IecLimits) -> float:
-    """Hz/m/s: the slew a ramp from 0 to ``amplitude`` (Hz/m) is designed with — the system's maximum, or
-    ``PNS_MARGIN`` × the IEC-allowed S_max(|amplitude|) when that is lower."""
-    allowed = PNS_MARGIN * max_pns_slew(abs(amplitude) / opts.gamma, iec) * opts.gamma
-    return min(float(opts.max_slew), allowed)
-
-
-@dataclass
-class _Event:
-    """One model event in plain floats."""
-
-    time: float
-    gradm: np.ndarray  # (3,) 1/m
-    adc: bool
-    adc_phase: float
-    inserted: bool = False
-
-
 @dataclass
 class _Rep:
     pulse: Pulse
@@ -157,20 +138,6 @@ class _RfUnit:
     centre: float  # RF centre from block start
     comp_pre: np.ndarray  # (3,) moment the previous event adds (balances the slice select before the centre)
     comp: np.ndarray  # (3,) moment the next event adds (the slice rephaser)
-
-
-@dataclass
-class _ReadoutUnit:
-    rep: int
-    first: int
-    count: int
-    dwell: float
-    events: list[Any]  # gx, gy, gz, adc, labels
-    duration: float
-    pre: float  # block start → model start of the run
-    post: float  # last sample → block end
-    comp_pre: np.ndarray  # (3,) added to the previous event
-    comp_post: np.ndarray  # (3,) added to the next event
 
 
 def _plain(seq: Sequence) -> list[_Rep]:
@@ -216,7 +183,7 @@ def _trap_area_until(g: Any, t: float) -> float:
 
 
 def _rf_unit(rep: _Rep, opts: pp.Opts, iec: IecLimits, rf: str | None, rf_duration: float | None,
-             tbw: float | None, apodization: float, slice_thickness: float) -> _RfUnit:
+             tbw: float | None, apodization: float, slice_thickness: float, fraction: float = 1.0) -> _RfUnit:
     rf = rep.pulse.shape.kind if rf is None else rf
     length = rep.pulse.shape.duration if rf_duration is None else rf_duration
     tbw = rep.pulse.shape.time_bandwidth if tbw is None else tbw
@@ -235,7 +202,7 @@ def _rf_unit(rep: _Rep, opts: pp.Opts, iec: IecLimits, rf: str | None, rf_durati
                     f"needs a slice-select gradient of {select / GAMMA_HZ_PER_T * 1e3:.1f} mT/m, above the "
                     f"system's {opts.max_grad / GAMMA_HZ_PER_T * 1e3:.1f} mT/m; expected a pulse of at least "
                     f"{shortest * 1e3:.2f} ms (--rf-duration-ms) or a thicker slice (--slice-mm)")
-            slew = pns_slew(select, opts, iec)
+            slew = pns_slew(select, opts, iec, fraction)
             pulse, gz, _ = pp.make_sinc_pulse(
                 flip_angle=angle, duration=length, time_bw_product=tbw, apodization=apodization,
                 slice_thickness=slice_thickness, phase_offset=phase, system=opts, return_gz=True, use=use,
@@ -255,7 +222,8 @@ def _rf_unit(rep: _Rep, opts: pp.Opts, iec: IecLimits, rf: str | None, rf_durati
 
 
 def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: ReadoutLabels, opts: pp.Opts,
-                  iec: IecLimits, changes: list[TimingChange]) -> _ReadoutUnit:
+                  iec: IecLimits, changes: list[TimingChange], fraction: float = 1.0,
+                  k_tolerance: float = 1e-3) -> _ReadoutUnit:
     events = reps[r].events[first:end]
     n = len(events)
     times = np.array([e.time for e in events])
@@ -271,13 +239,19 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
         for i in range(first, end):
             changes.append(TimingChange(r, i, float(times[0]), dwell, "ADC raster"))
     if np.abs(moments - moments[0]).max() > 1e-6 * max(1.0, np.abs(moments).max()):
-        return _varying_readout(r, first, events, dwell, labels, opts, iec)
+        try:
+            return _smooth_train(r, reps[r].events, [(first, end)], [labels], opts, iec, k_tolerance)
+        except ConfigError as err:  # the per-window piecewise design plays some step patterns the smooth one cannot
+            try:
+                return _varying_readout(r, first, events, dwell, labels, opts, iec)
+            except ConfigError:
+                raise err from None
     amp = moments[0] / dwell  # Hz/m
     _check_amplitude(amp[None], r, first, end, dwell, opts)
     graster = opts.grad_raster_time
     played = np.abs(amp) * dwell > _AREA_TOL / max(n, 1)
     peak = float(np.abs(amp).max())
-    rise = max(_ceil(peak / pns_slew(peak, opts, iec), graster), graster) if played.any() else 0.0
+    rise = max(_ceil(peak / pns_slew(peak, opts, iec, fraction), graster), graster) if played.any() else 0.0
     # ADC delay: past the ramp and the dead time, and (when the rasters allow) such that the model's event grid
     # (sample i ends event i) falls on the block raster: delay ≡ dwell/2 (mod block raster).
     least = rise + _ceil(max(0.0, opts.adc_dead_time - rise), opts.rf_raster_time)
@@ -305,27 +279,6 @@ def _readout_unit(reps: list[_Rep], r: int, first: int, end: int, labels: Readou
     pre = delay - dwell / 2
     post = duration - (delay + (n - 0.5) * dwell)
     return _ReadoutUnit(r, first, n, dwell, block, duration, pre, post, comp_pre, comp_post)
-
-
-def _run_adc(events: list[_Event], dwell: float, delay: float, opts: pp.Opts) -> Any:
-    """The ADC of a run: one sample per event, each event's phase."""
-    phases = np.array([e.adc_phase for e in events])
-    mod = phases - phases[0]
-    return pp.make_adc(num_samples=len(events), dwell=dwell, delay=delay, phase_offset=float(phases[0]),
-                       system=opts, phase_modulation=mod if np.abs(mod).max() > 0 else None)
-
-
-def _label_events(labels: ReadoutLabels) -> list[Any]:
-    return [pp.make_label(type="SET", label=key, value=int(getattr(labels, name)))
-            for name, key in LABEL_NAMES.items()]
-
-
-def _check_amplitude(amp: np.ndarray, r: int, first: int, end: int, dwell: float, opts: pp.Opts) -> None:
-    """ConfigError when a readout amplitude ``amp`` (…, 3) Hz/m exceeds max_grad."""
-    j, worst = np.unravel_index(int(np.argmax(np.abs(amp))), amp.shape)
-    if abs(amp[j, worst]) > opts.max_grad * (1 + 1e-9):
-        raise ConfigError(f"repetition {r}, events {first}–{end - 1}: readout gradient {amp[j, worst]:.4g} Hz/m "
-                          f"on {'xyz'[worst]} exceeds max_grad {opts.max_grad:.4g} Hz/m (dwell {dwell * 1e6:g} µs)")
 
 
 def _flat_amplitudes(moments: np.ndarray, dwell: float, tau: float) -> np.ndarray:
@@ -413,7 +366,7 @@ def _varying_readout(r: int, first: int, events: list[_Event], dwell: float, lab
     return _ReadoutUnit(r, first, n, dwell, block, duration, t0, post, comp_pre, comp_post)
 
 
-def _event_traps(moment: np.ndarray, opts: pp.Opts, iec: IecLimits) -> tuple[list[Any], float]:
+def _event_traps(moment: np.ndarray, opts: pp.Opts, iec: IecLimits, fraction: float = 1.0) -> tuple[list[Any], float]:
     """Minimum-time trapezoid per axis (within the PNS-allowed slew) and the time the longest needs.
 
     The fastest trapezoid's amplitude G sets the slew, :func:`pns_slew`; at that (lower) slew the trapezoid's
@@ -423,7 +376,7 @@ def _event_traps(moment: np.ndarray, opts: pp.Opts, iec: IecLimits) -> tuple[lis
     for axis in range(3):
         if abs(moment[axis]) > _AREA_TOL:
             g = pp.make_trapezoid(channel="xyz"[axis], area=float(moment[axis]), system=opts)
-            slew = pns_slew(g.amplitude, opts, iec)
+            slew = pns_slew(g.amplitude, opts, iec, fraction)
             if slew < opts.max_slew:
                 g = pp.make_trapezoid(channel="xyz"[axis], area=float(moment[axis]), max_slew=slew, system=opts)
             traps.append(g)
@@ -443,6 +396,8 @@ def export_seq(
     timing: Literal["extend", "strict"] = "extend",
     path: str | Path | None = None,
     version: Literal["1.5", "1.4"] = "1.5",
+    crusher_cycles: float = CRUSHER_CYCLES,
+    slew_fraction: float = 1.0,
 ) -> ExportResult:
     """Turn ``seq`` into a pypulseq Sequence (and a ``.seq`` file when ``path`` is given).
 
@@ -458,15 +413,26 @@ def export_seq(
     timing: ``"extend"`` lengthens events that cannot hold their gradients, ``"strict"`` raises ConfigError.
     path: write the file there (atomically); pypulseq signs it.
     version: Pulseq file format version.
+    crusher_cycles: crushers around every refocusing pulse, cycles across the slice thickness on z (moment
+        ``crusher_cycles / slice_thickness`` 1/m), the same before and after each pulse and for every echo (CPMG
+        kept, the echo unchanged); the returned Sequence holds them. 0: none.
+    slew_fraction: in (0, 1]: trapezoids (events, constant readouts, slice selects) ramp with this fraction of
+        the PNS-safe slew (:func:`pns_slew`): longer, gentler ramps where time allows.
     """
     if timing not in ("extend", "strict"):
         raise ConfigError(f"timing = {timing!r}, expected 'extend' or 'strict'")
     if rf not in ("sinc", "block", None):
         raise ConfigError(f"rf = {rf!r}, expected 'sinc' or 'block'")
+    if not 0 < slew_fraction <= 1:
+        raise ConfigError(f"slew_fraction = {slew_fraction}: expected a fraction of the slew limit in (0, 1]")
+    if not 0 <= crusher_cycles <= 100:
+        raise ConfigError(f"crusher_cycles = {crusher_cycles}: expected cycles across the slice in [0, 100]")
     opts = system_opts(system)
     thickness = float(slice_thickness if slice_thickness is not None else seq.info.fov[2])
+    k_tolerance = K_TOLERANCE / max(seq.info.fov[0], seq.info.fov[1])
     reps = _plain(seq)
     _pad(reps)
+    _crush(reps, crusher_cycles / thickness)
     changes: list[TimingChange] = []
 
     # ---- units in file order --------------------------------------------------------------------------
@@ -474,13 +440,21 @@ def export_seq(
     for r, rep in enumerate(reps):
         if _plays_rf(rep):
             units.append(("rf", r, -1, _rf_unit(rep, opts, system.iec, rf, rf_duration, tbw, apodization,
-                                                thickness)))
+                                                thickness, slew_fraction)))
         spans = {start: end for start, end in _spans(rep)}
+        trains = _trains(rep.events, rep.readouts, opts, system.iec, r, k_tolerance)
         labels = iter(rep.readouts)
         e = 0
         while e < len(rep.events):
-            if e in spans:
-                unit = _readout_unit(reps, r, e, spans[e], next(labels), opts, system.iec, changes)
+            if e in trains:
+                unit = trains[e]
+                for _ in range(sum(e <= start < unit.first + unit.count for start in spans)):
+                    next(labels)  # one per run of the train
+                units.append(("adc", r, e, unit))
+                e = unit.first + unit.count
+            elif e in spans:
+                unit = _readout_unit(reps, r, e, spans[e], next(labels), opts, system.iec, changes, slew_fraction,
+                                     k_tolerance)
                 units.append(("adc", r, e, unit))
                 e = spans[e]
             else:
@@ -497,10 +471,12 @@ def export_seq(
             comp = unit.comp.copy()
             continue
         if kind == "adc":
-            pseq.add_block(*unit.events, pp.make_delay(unit.duration))
+            for content, duration in unit.train or [(unit.events, unit.duration)]:
+                pseq.add_block(*content, pp.make_delay(duration))
             comp = unit.comp_post.copy()
             for k in range(unit.count):
-                new_times[r][e + k] = unit.dwell
+                if reps[r].events[e + k].adc:
+                    new_times[r][e + k] = unit.dwell
             continue
         event = reps[r].events[e]
         prev = units[i - 1] if i else None
@@ -518,7 +494,7 @@ def export_seq(
             after = nxt[3].pre
             moment = moment + nxt[3].comp_pre
         comp = np.zeros(3)
-        traps, need = _event_traps(moment, opts, system.iec)
+        traps, need = _event_traps(moment, opts, system.iec, slew_fraction)
         available = event.time - before - after
         block = max(_round(available, opts.block_duration_raster), 0.0)
         need = _ceil(need, opts.block_duration_raster)
@@ -544,6 +520,25 @@ def export_seq(
         result.path = Path(path)
         write_pulseq(pseq, result.path, version=version)
     return result
+
+
+def _crush(reps: list[_Rep], moment: float) -> None:
+    """Add the crusher ``moment`` (1/m) on z to the last event before and the first event after every played
+    refocusing pulse whose neighbouring events have no z moment of their own: refocused magnetisation sees +m,
+    then −m (the pulse negates k) and +m, and is unchanged; the FID of the pulse itself sees +m and is dephased;
+    every pulse gets the same pair (CPMG condition kept)."""
+    if moment <= 0:
+        return
+    pairs = []
+    for r, rep in enumerate(reps):
+        if rep.pulse.usage != PulseUsage.REFOCUSING or not _plays_rf(rep) or r == 0:
+            continue
+        before, after = reps[r - 1].events[-1], rep.events[0]
+        if abs(before.gradm[2]) <= _AREA_TOL and abs(after.gradm[2]) <= _AREA_TOL:
+            pairs.append((before, after))  # else the model has its own z gradients there: played as they are
+    for before, after in pairs:
+        before.gradm[2] += moment
+        after.gradm[2] += moment
 
 
 def _spans(rep: _Rep) -> list[tuple[int, int]]:

@@ -29,7 +29,7 @@ from mrbridge.atomic import atomic_write_text
 from mrbridge.errors import ConfigError
 from mrbridge.sequence.import_seq import read_pulseq
 from mrbridge.sequence.pns import pns_ratio
-from mrbridge.system import System
+from mrbridge.system import IecLimits, System
 
 
 class SafetyCheck(BaseModel):
@@ -152,13 +152,12 @@ def _gradient_checks(pseq: pp.Sequence, system: System, starts: np.ndarray) -> l
         checks.append(SafetyCheck(name=f"slew {name}", value=float(s_abs[k]), limit=system.max_slew_t_per_m_per_s,
                                   unit="T/m/s", passed=s_abs[k] <= system.max_slew_t_per_m_per_s * (1 + 1e-6),
                                   block=_block_at(starts, float(x[k])), time_s=float(x[k])))
-        ramps = s_abs > 1e-3
-        if ramps.any():
-            tau = seg[ramps]
-            ratio = pns_ratio(s_abs[ramps] * tau, tau, iec)  # each segment a ramp by slew × duration
+        joint = np.isin(np.round(x[:-1] * 1e8), np.round(starts * 1e8))  # pieces that start a block
+        ramp_start, ratio = _ramp_ratios(seg, np.where(s_abs > 1e-3, np.sign(slope), 0.0), s_abs, joint, iec)
+        if len(ratio):
             j = int(np.argmax(ratio))
             if ratio[j] > worst_pns[0]:
-                t_r = float(x[:-1][ramps][j])
+                t_r = float(x[ramp_start[j]])
                 worst_pns = (float(ratio[j]), _block_at(starts, t_r), t_r)
     if system.pns_safe is None:
         value, block, t = worst_pns
@@ -167,6 +166,29 @@ def _gradient_checks(pseq: pp.Sequence, system: System, starts: np.ndarray) -> l
     else:
         checks.append(_safe_pns(pseq, system, starts))
     return checks
+
+
+def _ramp_ratios(seg: np.ndarray, sign: np.ndarray, s_abs: np.ndarray, joint: np.ndarray,
+                 iec: IecLimits) -> tuple[np.ndarray, np.ndarray]:
+    """IEC dB/dt ratio of every ramp: a maximal run of consecutive linear pieces within one block that change the
+    gradient in one direction (an arbitrary or extended-trapezoid waveform on the gradient raster is many such
+    pieces; ramps that meet at a block joint are taken apart, as the exporter designs them). A ramp by
+    ΔG (T/m) whose steepest piece has slew S_peak has the effective stimulus duration ΔG / S_peak (IEC
+    60601-2-33), so its ratio is :func:`pns_ratio` (ΔG, ΔG / S_peak); for one linear piece that is its own
+    duration. Returns the first piece of each ramp and its ratio."""
+    real = np.flatnonzero(seg > 1e-12)  # zero-length pieces (block joints) neither end nor carry a ramp
+    seg, sign, s_abs, joint = seg[real], sign[real], s_abs[real], joint[real]
+    moving = np.flatnonzero(sign != 0)
+    if len(moving) == 0:
+        return np.zeros(0, dtype=int), np.zeros(0)
+    # a new ramp where the direction changes or a flat (or zero-length) piece intervenes
+    new = np.ones(len(moving), dtype=bool)
+    new[1:] = (np.diff(moving) != 1) | (sign[moving[1:]] != sign[moving[:-1]]) | joint[moving[1:]]
+    label = np.cumsum(new) - 1
+    delta = np.bincount(label, weights=s_abs[moving] * seg[moving])
+    peak = np.zeros(label[-1] + 1)
+    np.maximum.at(peak, label, s_abs[moving])
+    return real[moving[new]], pns_ratio(delta, delta / peak, iec)
 
 
 def _safe_pns(pseq: pp.Sequence, system: System, starts: np.ndarray) -> SafetyCheck:

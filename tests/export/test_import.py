@@ -93,8 +93,8 @@ def test_missing_file(tmp_path) -> None:
         import_seq(tmp_path / "none.seq")
 
 
-def _round_trip(seq, system, tmp_path):
-    exported = export_seq(seq, system, path=tmp_path / "rt.seq")
+def _round_trip(seq, system, tmp_path, **options):
+    exported = export_seq(seq, system, path=tmp_path / "rt.seq", **options)
     return exported.sequence, import_seq(tmp_path / "rt.seq")
 
 
@@ -124,7 +124,9 @@ def test_round_trip_simulates_like_the_builder(tmp_path, prisma, protocol) -> No
     phantoms = pytest.importorskip("mrbridge.twin.phantoms")
     twin = phantoms.builtin("brain", matrix=16)
     seq = build(load_protocol(REPO / "protocols" / f"{protocol}.yaml"), matrix=16)
-    _, imported = _round_trip(seq, prisma, tmp_path)
+    # the builder's model has no crushers (the twin's B1+ makes the refocusing imperfect, and crushers would change
+    # its signal by design: tests/export/test_crushers.py)
+    _, imported = _round_trip(seq, prisma, tmp_path, crusher_cycles=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = bloch.simulate_bloch(seq, twin, spins=1024)  # same engine both sides: convergence irrelevant
