@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint docs install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -18,12 +18,17 @@ demo: $(STAMP)
 	$(BIN)/mrbridge demo -o out/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check mrbridge tests bench
+	$(BIN)/ruff check mrbridge tests bench docs
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+# the docs site (mkdocs-material + mkdocstrings) into out/site; offline, ~4 s; --strict: a warning fails it
+# (tests/test_docs.py builds it too, so `make test` covers it)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 lint: $(STAMP)
-	$(BIN)/ruff check mrbridge tests bench
+	$(BIN)/ruff check mrbridge tests bench docs
 	$(BIN)/mypy
 
 clean:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -21,7 +21,10 @@ from rich.text import Text
 
 from mrbridge.errors import MrbridgeError
 from mrbridge.outputs import check_outputs
-from mrbridge.sequence.model import Sequence
+
+if TYPE_CHECKING:  # torch and the library load inside the commands, so that `--help` answers at once
+    from mrbridge.sequence.model import Sequence
+    from mrbridge.sequence.safety import SafetyCheck, SafetyReport
 
 Config = TypeVar("Config", bound=BaseModel)
 CleanMode = Literal["mask", "clip", "error"]
@@ -148,6 +151,7 @@ def simulate(
 
 def _load_sequence(protocol: Path | None, seq: Path | None, matrix: int | None) -> Sequence:
     from mrbridge.sequence.builders import build
+    from mrbridge.sequence.model import Sequence
     from mrbridge.sequence.protocol import load_protocol
 
     if (protocol is None) == (seq is None):
@@ -291,7 +295,26 @@ def optimize(
     out.print(f"wrote {output}")
 
 
-# ---- export / check ----------------------------------------------------------------------------------
+# ---- build / export / check --------------------------------------------------------------------------
+@app.command()
+def build(
+    protocol: Annotated[Path, typer.Argument(metavar="PROTOCOL.yaml", help="Protocol YAML (protocols/*.yaml).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Sequence JSON to write (.json).")],
+    matrix: Annotated[int | None, typer.Option(help="Matrix size (overrides the protocol's).")] = None,
+) -> None:
+    """Build a protocol into a sequence JSON (what simulate --seq, export and optimize tasks read)."""
+    check_outputs({"-o": output}, {"PROTOCOL": protocol})
+    _check_numbers(matrix=(matrix, 4, 1024))
+    if output.suffix.lower() != ".json":
+        raise MrbridgeError(f"-o {output}: expected a name ending in .json (a Pulseq .seq is 'mrbridge export')")
+    sequence = _load_sequence(protocol, None, matrix)
+    sequence.save(output)
+    info = sequence.info
+    size = "×".join(str(n) for n in info.matrix[:2] if n > 1) or "1"
+    out.print(f"wrote {output}  ({info.name}: {len(sequence)} repetitions, {len(sequence.readouts())} readouts, "
+              f"matrix {size}, {float(sequence.duration):.3g} s)", highlight=False)
+
+
 Coil = Literal["head", "body"]
 
 
@@ -325,12 +348,19 @@ def export(
     ] = "extend",
     version: Annotated[Literal["1.5", "1.4"], typer.Option(help="Pulseq file version.")] = "1.5",
     force: Annotated[bool, typer.Option(help="Write even when a safety check fails (recorded as a warning).")] = False,
+    crusher_cycles: Annotated[
+        float, typer.Option(help="Crushers before and after every refocusing pulse: cycles across the slice (0: none).")
+    ] = 4.0,
+    slew_fraction: Annotated[
+        float, typer.Option(help="Fraction of the PNS-safe slew used for trapezoid ramps (< 1: gentler ramps).")
+    ] = 1.0,
 ) -> None:
     """Export a sequence as a Pulseq .seq a scanner runs; refuse (exit 1) what is unsafe.
 
     Beside the .seq go safety.json (every figure) and <name>.exported.json (the Sequence with the file's timing).
     """
     from mrbridge.sequence.export import export_seq, write_pulseq
+    from mrbridge.sequence.model import Sequence
     from mrbridge.sequence.safety import check_safety
     from mrbridge.system import System
 
@@ -338,6 +368,9 @@ def export(
     check_outputs({"-o": output, "(beside it)": output.with_suffix(".exported.json"),
                    "(its safety report)": output.parent / "safety.json"},
                   {"SOURCE": sequence_file, "--system": Path(system)})
+    _check_numbers(crusher_cycles=(crusher_cycles, 0, 100), slew_fraction=(slew_fraction, 0.01, 1),
+                   patient_kg=(patient_kg, 1, 500), slice_mm=(slice_mm, 0.05, 500),
+                   rf_duration_ms=(rf_duration_ms, 0.01, 100), tbw=(tbw, 0.1, 100))
     if sequence_file.suffix.lower() in (".yaml", ".yml"):  # a protocol: build it first
         seq = _load_sequence(sequence_file, None, None)
     else:
@@ -346,7 +379,8 @@ def export(
     with _working("exporting"):
         rf_duration = None if rf_duration_ms is None else rf_duration_ms * 1e-3
         result = export_seq(seq, hardware, rf=rf, rf_duration=rf_duration, tbw=tbw,
-                            slice_thickness=None if slice_mm is None else slice_mm * 1e-3, timing=timing)
+                            slice_thickness=None if slice_mm is None else slice_mm * 1e-3, timing=timing,
+                            crusher_cycles=crusher_cycles, slew_fraction=slew_fraction)
         report = check_safety(result.pulseq, hardware, patient_kg=patient_kg, coil=coil)
     for change in result.changes:
         out.print(f"timing changed: {change}", highlight=False)
@@ -363,6 +397,33 @@ def export(
     result.sequence.save(output.with_suffix(".exported.json"))
     report.save(output.parent / "safety.json")
     out.print(f"wrote {output}, {output.with_suffix('.exported.json')}, {output.parent / 'safety.json'}")
+    out.print(_safety_line(report), highlight=False)
+
+
+def _safety_line(report: SafetyReport) -> str:
+    """One line for the console: how many checks passed, and the figures a physicist looks at first (peak B1,
+    PNS, and the SAR figure closest to its limit); every figure is in safety.json."""
+    checks = report.checks
+    parts = [f"safety on {report.system}: {sum(c.passed for c in checks)}/{len(checks)} checks passed"]
+    failed = len(checks) - sum(c.passed for c in checks)
+    if failed:
+        parts[0] += f", {failed} FAILED"
+
+    def figure(label: str, c: SafetyCheck) -> str:
+        limit = "" if c.limit is None else f" / {c.limit:.3g}"
+        return f"{label} {c.value:.3g}{limit} {c.unit}".rstrip()
+
+    named = {c.name: c for c in checks}
+    if "peak B1" in named:
+        parts.append(figure("peak B1", named["peak B1"]))
+    pns = [c for c in checks if c.name.startswith("PNS")]
+    if pns:
+        parts.append(figure("PNS", max(pns, key=lambda c: c.value)))
+    sar = [c for c in checks if "SAR" in c.name and c.limit]
+    if sar:
+        worst = max(sar, key=lambda c: c.value / (c.limit or 1.0))
+        parts.append(figure(worst.name, worst))
+    return "; ".join(parts)
 
 
 @app.command()

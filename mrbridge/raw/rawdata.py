@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -93,6 +94,24 @@ class RawData:
     @property
     def samples(self) -> int:
         return int(self.kdata.shape[2])
+
+    @classmethod
+    def from_file(cls, path: str | Path, seq: str | Path | None = None, *, trajectory_delay: float = 0.0) -> RawData:
+        """Read raw data: ISMRMRD ``.h5`` as is, or a Siemens twix ``.dat`` with the Pulseq ``seq`` that ran it.
+
+        The twix readouts are ordered, labelled and given their trajectory from the ``.seq``, exactly as the
+        raw data ``mrbridge simulate --seq`` writes for the same file, so both reconstruct through one
+        ``mrbridge.recon.pipeline.Recon``. ``trajectory_delay`` (s) shifts a twix trajectory against the
+        ADC (gradient delay). The same as ``mrbridge.raw.read.read_raw``.
+
+        Returns
+        -------
+        RawData
+            ``kdata`` (coils, readouts, samples) complex64.
+        """
+        from mrbridge.raw.read import read_raw
+
+        return read_raw(path, seq, trajectory_delay=trajectory_delay)
 
     def with_kdata(self, kdata: torch.Tensor) -> RawData:
         """The same acquisition with other samples (e.g. noise added, coils combined)."""

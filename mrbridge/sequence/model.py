@@ -375,6 +375,7 @@ class Sequence:
 
     @classmethod
     def load(cls, path: str | Path) -> Sequence:
+        """Read a sequence JSON written by ``save`` (InputError naming the file when it is not one)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -386,3 +387,73 @@ class Sequence:
             raise InputError(f"{path}: not a text JSON file ({err}); expected a sequence JSON") from None
         return cls.from_dict(data, source=str(path))
 
+    # ---- front doors (``mb.Sequence.from_file(...)``); the readers load on first use ----------------
+    @classmethod
+    def from_protocol(cls, path: str | Path, matrix: int | None = None) -> Sequence:
+        """Build the sequence a protocol YAML describes (``protocols/*.yaml``).
+
+        Parameters
+        ----------
+        path
+            Protocol file (``kind: gre``, ``se``, ``tse``, ``bssfp``, ``irgre``, ``epi``, ``radial``, ``spiral``).
+        matrix
+            In-plane matrix size overriding the protocol's (the timing is re-validated).
+
+        Returns
+        -------
+        Sequence
+            float32 tensors; ``info`` holds the protocol's FOV (m), matrix, TE/TR (s) and parameters.
+
+        Raises
+        ------
+        ConfigError
+            One line naming the file, the key, the value and what was expected.
+
+        Examples
+        --------
+        >>> seq = Sequence.from_protocol("protocols/gre.yaml", matrix=16)  # from the repository root
+        >>> seq.info.matrix, len(seq.readouts()), seq.samples_per_readout()
+        ((16, 16, 1), 16, 16)
+        """
+        from mrbridge.sequence.builders import build
+        from mrbridge.sequence.protocol import load_protocol
+
+        return build(load_protocol(path), matrix=matrix)
+
+    @classmethod
+    def from_seq(cls, path: str | Path) -> Sequence:
+        """Import a Pulseq ``.seq`` file (any version 1.2–1.5; ``mrbridge.sequence.import_seq``).
+
+        Returns
+        -------
+        Sequence
+            One repetition per RF pulse; gradient moments (1/m) and event times (s) as the file plays them.
+        """
+        from mrbridge.sequence.import_seq import import_seq
+
+        return import_seq(path)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, matrix: int | None = None) -> Sequence:
+        """Open a protocol (``.yaml``/``.yml``), a Pulseq ``.seq`` or a sequence ``.json``, by its suffix.
+
+        ``matrix`` applies to protocols only (an InputError for other files, whose encoding is fixed).
+
+        Examples
+        --------
+        >>> Sequence.from_file("protocols/se.yaml", matrix=16).info.name  # from the repository root
+        'spin-echo-spin'
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            return cls.from_protocol(path, matrix=matrix)
+        if matrix is not None:
+            raise InputError(f"{path}: matrix = {matrix} applies to protocols (.yaml) only; a {suffix or 'file'} "
+                             "has its encoding fixed")
+        if suffix == ".seq":
+            return cls.from_seq(path)
+        if suffix == ".json":
+            return cls.load(path)
+        raise InputError(f"{path}: unknown sequence file type {suffix or '(no suffix)'!r}; "
+                         "expected a protocol .yaml, a Pulseq .seq or a sequence .json")

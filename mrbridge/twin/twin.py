@@ -225,6 +225,39 @@ class Twin:
             raise InputError(f"{path}: missing {err}") from None
         return twin.validate(str(path))
 
+    # ---- front doors (``mb.Twin.builtin(...)``) -----------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path) -> Twin:
+        """Read a twin HDF5 file (as written by ``save``, ``mrbridge twin`` or ``mrbridge calibrate``).
+
+        The same as ``load``; raises InputError naming the file and the dataset when it is not one.
+        """
+        return cls.load(path)
+
+    @classmethod
+    def builtin(cls, name: str, *, matrix: int = 64, coils: int = 1, seed: int = 0) -> Twin:
+        """A built-in phantom (``mrbridge.twin.phantoms.builtin``) on a ``matrix``² grid.
+
+        Parameters
+        ----------
+        name
+            ``"brain"`` (3T brain-like, smooth B0 and B1+), ``"spin-brain"`` (SPIN's Shepp–Logan brain) or
+            ``"spin-random"`` (its inner components placed at random by ``seed``); ``"builtin:"`` may prefix it.
+        matrix
+            Grid size in x and y; the twin has shape (1, matrix, matrix) (z, y, x).
+        coils
+            Simulated receive coils (``coil_sens`` is (coils, 1, matrix, matrix) complex64).
+
+        Examples
+        --------
+        >>> twin = Twin.builtin("brain", matrix=16, coils=2)
+        >>> twin.shape, twin.coils, twin.fov[0] > 0
+        ((1, 16, 16), 2, True)
+        """
+        from mrbridge.twin.phantoms import builtin
+
+        return builtin(name.removeprefix("builtin:"), matrix=matrix, coils=coils, seed=seed)
+
 
 def _is_tensor_field(name: str) -> bool:
     return name not in ("fov", "label_names", "provenance")
