@@ -16,8 +16,11 @@ UNENCODED_K = 1e-3
 
 
 def is_unencoded(raw: RawData) -> bool:
-    """True when ``raw`` has a trajectory and no sample of it is spatially encoded (an FID)."""
-    return raw.traj is not None and bool(raw.traj.abs().max() < UNENCODED_K)
+    """True for an acquisition without spatial encoding (an FID): its header encodes a 1×1×1 matrix and no
+    sample of its trajectory leaves k = 0. (A sequence whose gradients merely *start* at zero, as one learned
+    from zero does, keeps its image matrix and is reconstructed as an image.)"""
+    return (tuple(raw.header.encoded_matrix) == (1, 1, 1) and raw.traj is not None
+            and bool(raw.traj.abs().max() < UNENCODED_K))
 
 
 def spectra(kdata: torch.Tensor) -> torch.Tensor:

@@ -203,3 +203,19 @@ def test_adjoint_radial_recon_with_pipe_density_compensation_resembles_the_objec
     plain = corr(ReconConfig(method="adjoint"))
     weighted = corr(ReconConfig(method="adjoint", density_compensation="pipe"))
     assert weighted > 0.9 and weighted > plain + 0.05, (plain, weighted)
+
+
+def test_gradients_that_start_at_zero_still_give_an_image_and_a_trajectory_gradient() -> None:
+    """A sequence learned from zero (MRzero) starts with every moment 0: k = 0 everywhere, yet its matrix is an
+    image's, so the recon is an image (not an FID's spectrum) and the loss reaches the trajectory."""
+    from mrbridge.raw.rawdata import RawHeader
+
+    n = 8
+    traj = torch.zeros(n, n, 3, requires_grad=True)
+    header = RawHeader(trajectory="other", encoded_matrix=(n, n, 1), recon_matrix=(n, n, 1))
+    kdata = torch.randn(1, n, n, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    raw = RawData(kdata, header=header, traj=traj, center_sample=n // 2)
+    image = Recon(ReconConfig(method="cg", tikhonov=0.01))(raw)
+    assert image.meta["method"] == "cg" and image.data.shape[-2:] == (n, n)
+    image.data.abs().square().sum().backward()
+    assert traj.grad is not None and float(traj.grad.abs().sum()) > 0
