@@ -163,3 +163,14 @@ def test_toeplitz_normal_equals_dense_normal_with_gradients(shape: tuple[int, in
     assert nrmse(grads[0], grads[1]) <= 1e-4
     with pytest.raises(ValueError, match="trailing shape"):
         NonCartesianOp(traj, shape, fov, exact=False).normal(x[..., :-1])
+
+
+def test_a_learned_trajectory_keeps_the_exact_transform_up_to_the_learning_limit() -> None:
+    """Trajectory learning through the NUFFT stalled (GRE-from-zero at 32²: NRMSE 0.27 vs 0.10 with the dense
+    DFT), so a trajectory that requires grad keeps the dense DFT up to LEARNING_DENSE_LIMIT; a fixed one of the
+    same size uses the NUFFT."""
+    traj = torch.zeros(32 * 32, 3)
+    assert not NonCartesianOp(traj, (1, 32, 32), (0.2, 0.2, 0.005)).exact
+    assert NonCartesianOp(traj.requires_grad_(), (1, 32, 32), (0.2, 0.2, 0.005)).exact
+    big = torch.zeros(NonCartesianOp.LEARNING_DENSE_LIMIT // (64 * 64) + 1, 3, requires_grad=True)
+    assert not NonCartesianOp(big, (1, 64, 64), (0.2, 0.2, 0.005)).exact
