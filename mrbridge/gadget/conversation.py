@@ -99,22 +99,22 @@ def _message(mid: int, item: Any) -> bytes:
     return GadgetMessageIdentifier.pack(mid) + item.to_bytes()
 
 
+def _text_message(peer: Peer, wanted: int, name: str, what: str) -> bytes:
+    """The body of the next message, which must be ``wanted`` (the config or the ISMRMRD header)."""
+    mid = peer.next_message(name)
+    if mid is None:
+        raise ProtocolError(f"the client ended the stream before the {name} (id {wanted})")
+    if mid != wanted:
+        raise ProtocolError(f"{describe(mid)} where the {name} (id {wanted}) was expected")
+    return peer.text(what)
+
+
 def _converse(peer: Peer, bundles: Bundles, config: bytes | None = None, header_xml: bytes | None = None) -> None:
     """Config, header (unless already read), the stream up to CLOSE, the recon, the images. Raises on failure."""
     if config is None or header_xml is None:
-        mid = peer.next_message("config message")
-        if mid is None:
-            raise ProtocolError("the client ended the stream before the config message (id 2)")
-        if mid != GADGET_MESSAGE_CONFIG:
-            raise ProtocolError(f"{describe(mid)} where the config message (id 2) was expected")
-        config = peer.text("config")
+        config = _text_message(peer, GADGET_MESSAGE_CONFIG, "config message", "config")
         parse_config(config)  # malformed: said now, not after the header
-        mid = peer.next_message("ISMRMRD header")
-        if mid is None:
-            raise ProtocolError("the client ended the stream before the ISMRMRD header (id 3)")
-        if mid != GADGET_MESSAGE_HEADER:
-            raise ProtocolError(f"{describe(mid)} where the ISMRMRD header (id 3) was expected")
-        header_xml = peer.text("ISMRMRD header")
+        header_xml = _text_message(peer, GADGET_MESSAGE_HEADER, "ISMRMRD header", "ISMRMRD header")
     parameters = parse_config(config)
     stream = Stream(peer, parse_header(header_xml))
     recon = bundles.recon(parameters.get("bundle"))  # refused before the client streams a whole scan
