@@ -295,6 +295,37 @@ def optimize(
     out.print(f"wrote {output}")
 
 
+@app.command()
+def refine(
+    meas: Annotated[list[Path], typer.Option(help="Measured raw data (twix .dat or ISMRMRD .h5); repeat per scan.")],
+    seq: Annotated[list[Path], typer.Option(help="The .seq each --meas was measured with, in the same order.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder: twin.h5, report/, history, checkpoint.")],
+    fit: Annotated[str, typer.Option(help="Maps to fit: pd,b0,t2dash,b1,t1,t2,coils.")] = "pd,coils",
+    twin: Annotated[str | None, typer.Option(help="Start twin (builtin:NAME or .h5); default: from the data.")] = None,
+    matrix: Annotated[int | None, typer.Option(help="Twin matrix (default: the first scan's).")] = None,
+    iterations: Annotated[int, typer.Option(help="Simulations with gradient (L-BFGS evaluations).")] = 200,
+    tissue: Annotated[str, typer.Option(help="brain3t.yaml tissue giving the start's T1/T2.")] = "grey_matter",
+    free_scale: Annotated[bool, typer.Option(help="One intensity scale per scan.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue a killed refinement from its checkpoint.")] = False,
+) -> None:
+    """Fit a twin to measured raw data through the differentiable simulation of each scan's .seq."""
+    from mrbridge.refine.fit import RefineConfig
+    from mrbridge.refine.identifiable import parse_fit
+    from mrbridge.refine.run import refine as run_refine
+
+    check_outputs({"-o": output}, {**{f"--meas {m}": m for m in meas}, **{f"--seq {s}": s for s in seq}},
+                  folders=["-o"])
+    _check_numbers(matrix=(matrix, 8, 1024), iterations=(iterations, 1, 1e6))
+    config = RefineConfig(fit=parse_fit(fit), iterations=iterations, free_scale=free_scale)
+    done = run_refine(meas, seq, output, config, twin=twin, matrix=matrix, tissue=tissue, resume=resume,
+                      progress=False if _state["quiet"] else None)
+    for note in done.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    for name, residual in done.result.residuals.items():
+        out.print(f"{name}: residual {residual:.4f}", markup=False, highlight=False)
+    out.print(f"wrote {output / 'twin.h5'} and {done.report}")
+
+
 # ---- build / export / check --------------------------------------------------------------------------
 @app.command()
 def build(
@@ -349,11 +380,15 @@ def export(
     version: Annotated[Literal["1.5", "1.4"], typer.Option(help="Pulseq file version.")] = "1.5",
     force: Annotated[bool, typer.Option(help="Write even when a safety check fails (recorded as a warning).")] = False,
     crusher_cycles: Annotated[
-        float, typer.Option(help="Crushers before and after every refocusing pulse: cycles across the slice (0: none).")
-    ] = 4.0,
+        float | None,
+        typer.Option(help="Crushers before and after every refocusing pulse: cycles across the slice (0: none) "
+                          "[default: the protocol's crusher_cycles, 4 when it states none]."),
+    ] = None,
     slew_fraction: Annotated[
         float, typer.Option(help="Fraction of the PNS-safe slew used for trapezoid ramps (< 1: gentler ramps).")
     ] = 1.0,
+    matrix: Annotated[int | None, typer.Option(help="With a protocol: its matrix size (overrides the protocol's).")]
+    = None,
 ) -> None:
     """Export a sequence as a Pulseq .seq a scanner runs; refuse (exit 1) what is unsafe.
 
@@ -372,7 +407,10 @@ def export(
                    patient_kg=(patient_kg, 1, 500), slice_mm=(slice_mm, 0.05, 500),
                    rf_duration_ms=(rf_duration_ms, 0.01, 100), tbw=(tbw, 0.1, 100))
     if sequence_file.suffix.lower() in (".yaml", ".yml"):  # a protocol: build it first
-        seq = _load_sequence(sequence_file, None, None)
+        seq = _load_sequence(sequence_file, None, matrix)
+    elif matrix is not None:
+        raise MrbridgeError(f"--matrix {matrix}: only a protocol (.yaml) is built at a chosen matrix; "
+                            f"{sequence_file} is a built sequence")
     else:
         seq = Sequence.load(sequence_file)
     hardware = System.load(system)
@@ -452,7 +490,8 @@ def recon(
     bundle: Annotated[Path | None, typer.Option("--with", help="Run bundle whose recon to use.")] = None,
     method: Annotated[str | None, typer.Option(help="fft, adjoint, cg or sense [default: fft or the bundle's]")] = None,
     nifti: Annotated[Path | None, typer.Option(help="Also write NIfTI (.nii or .nii.gz).")] = None,
-    png: Annotated[Path | None, typer.Option(help="Also write a PNG of the magnitude.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Also write a PNG of the magnitude (mm axes, colorbar).")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="With --png: the bare image, no axes or colorbar.")] = False,
     delay_us: Annotated[float, typer.Option("--trajectory-delay-us", help="Gradient delay (µs) of a twix.")] = 0.0,
     ghost_correction: Annotated[
         Literal["auto", "none"] | None,
@@ -467,7 +506,7 @@ def recon(
     import torch
 
     from mrbridge.raw.read import read_raw
-    from mrbridge.recon.image_io import write_image_mrd, write_nifti, write_png
+    from mrbridge.recon.image_io import write_figure_png, write_image_mrd, write_nifti, write_png
     from mrbridge.recon.pipeline import Recon, ReconConfig, default_method
 
     check_outputs({"-o": output, "--nifti": nifti, "--png": png},
@@ -497,7 +536,7 @@ def recon(
         write_nifti(image, nifti)
         written.append(nifti)
     if png is not None:
-        write_png(image, png)
+        (write_png if plain else write_figure_png)(image, png)
         written.append(png)
     out.print("wrote " + ", ".join(map(str, written)) + f"  (image {tuple(image.data.shape)})")
 
@@ -550,13 +589,21 @@ def compare(
     twin: Annotated[str | None, typer.Option(help="The twin (for tissue ROI statistics).")] = None,
     system: Annotated[str, typer.Option(help="System preset or YAML for the safety summary.")] = "generic3t",
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when the report has warnings.")] = False,
+    seq_window_ms: Annotated[
+        str | None, typer.Option(help="START,END (ms) of the .seq waveforms drawn [default: two repetitions].")
+    ] = None,
 ) -> None:
-    """Report simulation against measurement, both through the same Recon; warn when the comparison means little."""
+    """Report simulation against measurement, both through the same Recon; warn when the comparison means little.
+
+    With a .seq (--seq, or a bundle's sequence.seq) the report draws its real waveforms; with a bundle, its
+    optimization history."""
     from mrbridge.report.compare import compare as run_compare
 
     check_outputs({"-o": output}, {"--sim": sim, "--meas": meas, "--seq": seq}, folders=["-o"])
+    window = _window_ms(seq_window_ms)
     with _working("comparing"):
-        result = run_compare(sim, meas, output, seq_path=seq, bundle=bundle, twin_path=twin, system=system)
+        result = run_compare(sim, meas, output, seq_path=seq, bundle=bundle, twin_path=twin, system=system,
+                             seq_window=window)
     m = result.metrics
     out.print(f"scale {m.scale:.4g}  NRMSE {m.nrmse:.4f}  SSIM {m.ssim:.4f}  PSNR {m.psnr_db:.2f} dB")
     for note in result.notes:
@@ -566,6 +613,19 @@ def compare(
     out.print(f"wrote {result.index}")
     if strict and result.warnings:
         raise typer.Exit(1)
+
+
+def _window_ms(text: str | None) -> tuple[float, float] | None:
+    """'START,END' in ms → (start, end) s; a one-line error unless 0 ≤ START < END."""
+    if text is None:
+        return None
+    try:
+        start, end = (float(part) for part in text.split(","))
+    except ValueError:
+        raise MrbridgeError(f"--seq-window-ms {text!r}: expected START,END in ms, e.g. 0,25") from None
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise MrbridgeError(f"--seq-window-ms {text!r}: expected 0 ≤ START < END (ms)")
+    return start * 1e-3, end * 1e-3
 
 
 @app.command()

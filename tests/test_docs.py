@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from mrbridge.raw.mrd import read_mrd
+from mrbridge.twin.phantoms import builtin
 from tests.helpers import REPO, shared_data
 
 DOCS = REPO / "docs"
@@ -39,6 +40,50 @@ def test_tutorial_1_simulates_reconstructs_and_differentiates(tmp_path: Path) ->
     assert (tmp_path / "image.png").stat().st_size > 1000
     assert result["image_max"] > 0 and result["signal"] > 0
     assert 0 < result["max_gradient"] < float("inf")  # the flip angles move the image
+
+
+def test_tutorial_2_calibrates_the_twin_in_si(tmp_path: Path) -> None:
+    result = tutorial("02_calibrate_twin").main(matrix=16, out=tmp_path)
+    truth = builtin("brain", matrix=16)
+    tissue = truth.pd[0] > 0
+    # maps written in ms (T1, T2) and percent (B1) come back in s and as a ratio: the units were decided right
+    assert result["t1_median_s"] == pytest.approx(float(truth.t1[0][tissue].median()), rel=1e-3)
+    assert result["t2_median_s"] == pytest.approx(float(truth.t2[0][tissue].median()), rel=1e-3)
+    assert result["b1_median"] == pytest.approx(float(truth.b1[0][tissue].median()), rel=1e-3)
+    assert (tmp_path / "twin.h5").is_file() and (tmp_path / "twin.png").stat().st_size > 10_000
+    assert result["image_max"] > 0
+
+
+@pytest.mark.slow
+def test_tutorial_3_optimizes_spin_and_mrzero(tmp_path: Path) -> None:
+    result = tutorial("03_optimize_sequence").main(matrix=8, out=tmp_path)
+    assert result["spin_angle"] > 40  # from 30° toward 90°
+    assert result["spin_val_after"] < result["spin_val_before"]
+    assert result["gre_nrmse_after"] < 0.8 * result["gre_nrmse_before"]
+    for bundle in ("spin", "gre0"):
+        assert (tmp_path / bundle / "sequence.json").is_file() and (tmp_path / bundle / "history.csv").is_file()
+
+
+def test_tutorial_4_exports_safely_and_refuses_the_unsafe(tmp_path: Path) -> None:
+    result = tutorial("04_export_and_safety").main(matrix=16, out=tmp_path)
+    assert result["timing_ok"] == 1.0 and result["failures"] == 0.0
+    assert result["refused"] >= 1  # the TSE with 1-ms refocusing pulses exceeds the Prisma's peak B1
+    assert 0 < result["peak_b1_ut"] < 20.0
+    assert (tmp_path / "se.seq").is_file() and (tmp_path / "safety.json").is_file()
+    assert result["adc_windows"] >= 1 and (tmp_path / "waveforms.png").stat().st_size > 10_000
+
+
+def test_tutorial_7_the_gadget_returns_the_local_recon(tmp_path: Path) -> None:
+    result = tutorial("07_gadgetron").main(matrix=16, out=tmp_path)
+    assert result["images"] == 1.0
+    assert result["difference"] < 1e-5
+
+
+@pytest.mark.slow
+def test_tutorial_8_two_processes_take_the_step_of_one(tmp_path: Path) -> None:
+    result = tutorial("08_torchrun").main(processes=2, out=tmp_path)
+    assert result["world"] == 2.0
+    assert result["angle_one"] != 30.0 and result["angle_many"] == pytest.approx(result["angle_one"], rel=1e-4)
 
 
 def test_tutorial_5_reconstructs_the_real_prisma_gre(tmp_path: Path) -> None:

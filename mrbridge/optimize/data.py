@@ -70,14 +70,15 @@ class TwinSet:
         field, name = ("data.twin", spec.twin) if spec.kind == "twin" else (f"data.files[{index}]", "")
         try:
             if spec.kind == "twin":
-                return open_twin(spec.twin, matrix=self.matrix, seed=spec.seed)
+                return open_twin(spec.twin, matrix=self.matrix, seed=spec.seed,
+                                 coils=spec.coils if spec.twin.startswith("builtin:") else None)
             if spec.kind == "files":
                 name = spec.files[index]
                 return open_twin(name)
         except InputError as err:  # name the task and its field, not only the twin
             raise InputError(f"{self.source}: field '{field}' = {name!r}: {err}") from None
         if spec.kind == "spin_random":
-            return builtin("spin-random", matrix=self.matrix, seed=spec.seed + index)
+            return builtin("spin-random", matrix=self.matrix, seed=spec.seed + index, coils=spec.coils)
         return sparse_twin(spec, self.matrix, index)
 
     def batch(self, indices: list[int]) -> Twin:

@@ -108,9 +108,10 @@ class JointModel(nn.Module):
         return to_rawdata(seq, signal, noise=noise, seed=seed)
 
     # ---- targets -----------------------------------------------------------------------------------------
-    def _image(self, raw: RawData) -> torch.Tensor:
-        """(contrasts, y, x) complex or real image of one twin, before the network (which runs batched)."""
-        return self.recon(raw, network=False).data[0, :, 0]
+    def _image(self, raw: RawData, *, unrolled: bool = False) -> torch.Tensor:
+        """(contrasts, y, x) complex or real image of one twin, before the network (which runs batched); an
+        unrolled recon's network runs inside it when ``unrolled`` (targets are plain SENSE)."""
+        return self.recon(raw, network=unrolled).data[0, :, 0]
 
     def target(self, index: int) -> tuple[torch.Tensor, float, float]:
         """(target, scale, reference max |signal|) of twin ``index``: the target is (contrasts, y, x) scaled
@@ -163,7 +164,9 @@ class JointModel(nn.Module):
         images, targets, scales = [], [], []
         for i, signal, seed in zip(indices, signals, seeds, strict=True):
             target, scale, _ = self.target(i)
-            if train_sequence or t.data.noise or on_reference or self.recon.log_tikhonov is not None:
+            if self.recon.unrolled is not None:
+                image = self._image(self.raw(seq, signal, i, seed), unrolled=True)
+            elif train_sequence or t.data.noise or on_reference or self.recon.log_tikhonov is not None:
                 image = self._image(self.raw(seq, signal, i, seed))
             else:  # a fixed sequence without noise through a fixed solver: the image is as fixed as the signal
                 image = self._fixed_image(seq, signal, i)

@@ -240,6 +240,7 @@ class DataSpec(_Strict):
     sparse: SparseSpec = Field(default_factory=SparseSpec)
     train: int = Field(default=1, ge=1, description="training twins (spin_random, sparse)")
     validation: int = Field(default=0, ge=0, description="validation twins (the last ones of files)")
+    coils: int = Field(default=1, ge=1, le=64, description="simulated receive coils of built-in twins")
     noise: float = Field(default=0.0, ge=0, description="σ relative to the max |signal| (SPIN: 0.025)")
     noise_of: Literal["signal", "reference", "reference_image"] = Field(
         default="signal", description="σ relative to: the max |signal| simulated, the reference's max |signal|, or "

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from mrbridge.optimize.distributed import Dist, setup, teardown
 from mrbridge.optimize.model import JointModel, noise_seed
 from mrbridge.optimize.plots import write_plots
 from mrbridge.optimize.task import ResolvedTask, Schedule, load_task
+from mrbridge.progress import StepProgress
 from mrbridge.runlock import LOCK_NAME, RunLock
 from mrbridge.sequence.model import Sequence
 
@@ -279,7 +279,7 @@ class Trainer:
         if self.step == 0:
             self.initial = self.validate()
             self._write_bundle(partial=True)  # usable from the start: the initial sequence
-        progress = _Progress(self.total, self.show, self.step, plain=self.plain)
+        progress = StepProgress("optimize", self.total, self.show, self.step, plain=self.plain)
         try:
             while self.step < self.total and not self.stopped:
                 phase, local = self._phase(self.step)
@@ -290,7 +290,8 @@ class Trainer:
                     row.update(self.validate())
                     self._early_stop(row["val_loss"])
                 self.history.append(row)
-                progress.update(row)
+                progress.update(f"loss {row.get('loss', float('nan')):.4g}  SAR α²/s {row['sar_flip2']:.3g}  "
+                                f"time {row['scan_time_s']:.3g} s")
                 if self.step % o.checkpoint_every == 0 or self.step == self.total or self.stopped:
                     self._save()
         finally:
@@ -338,44 +339,6 @@ class Trainer:
         seq = self._write_bundle(partial=False)
         write_plots(self.out / "plots", self.history, seq)
         return summary
-
-
-class _Progress:
-    """Training progress with loss, SAR proxy and scan time: a rich bar, or (``plain``, for logs) a line with the
-    step, percentage and ETA at most every ``PLAIN_EVERY_S`` seconds and at the end; nothing when not shown."""
-
-    PLAIN_EVERY_S = 10.0
-
-    def __init__(self, total: int, show: bool, done: int, *, plain: bool = False) -> None:
-        self.bar: Any = None
-        self.total, self.done, self.start_done = total, done, done
-        self.lines = show and plain
-        self.start = self.last = time.monotonic()
-        if not show or plain:
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("optimize"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
-        self.bar.start()
-        self.id = self.bar.add_task("optimize", total=total, completed=done, info="")
-
-    def update(self, row: dict[str, Any]) -> None:
-        info = f"loss {row.get('loss', float('nan')):.4g}  SAR α²/s {row['sar_flip2']:.3g}  " \
-               f"time {row['scan_time_s']:.3g} s"
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(self.id, advance=1, info=info)
-        now = time.monotonic()
-        if self.lines and (now - self.last >= self.PLAIN_EVERY_S or self.done == self.total):
-            self.last = now
-            rate = (now - self.start) / max(self.done - self.start_done, 1)
-            print(f"optimize step {self.done}/{self.total} ({100 * self.done / self.total:.0f} %)  {info}  "
-                  f"ETA {rate * (self.total - self.done):.0f} s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def optimize(task_path: str | Path, out: str | Path, *, resume: bool = False, device: str | None = None,

@@ -54,7 +54,7 @@ def pipe_dcf(
     n = (nx, ny, nz)  # per traj column
     big = tuple(2 * m if m > 1 else 1 for m in n)
     big_fov = [f * b / m for f, b, m in zip(fov, big, n, strict=True)]  # same voxels, twice the field of view
-    op = NonCartesianOp(traj.to(real), (big[2], big[1], big[0]), big_fov)
+    op = NonCartesianOp(traj.to(real), (big[2], big[1], big[0]), big_fov, eps=1e-5)  # weights need no more
     # φ(r) = exp(−2π² σ² r²), σ = 1/(2 FOV): the transform of a Gaussian kernel in k; and the kernel's grid sum
     phi = torch.ones((), dtype=real, device=traj.device)
     norm = 1.0

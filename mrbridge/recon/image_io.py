@@ -10,6 +10,7 @@ import gzip
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ismrmrd
 import matplotlib.image
@@ -19,6 +20,9 @@ import numpy as np
 from mrbridge.atomic import atomic_path, atomic_write_bytes
 from mrbridge.errors import InputError
 from mrbridge.recon.image import Image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _frames(image: Image) -> np.ndarray:
@@ -112,6 +116,66 @@ def write_png(image: Image, path: str | Path) -> None:
     buffer = io.BytesIO()
     matplotlib.image.imsave(buffer, montage, cmap="gray", vmin=0.0, vmax=vmax, origin="lower", format="png")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def extent_mm(shape_yx: tuple[int, ...], fov_xy: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) in mm from the image centre: voxel i at (i − n//2)·Δ.
+
+    shape_yx: (…, y, x) voxels; fov_xy: (x, y[, z]) extent in m.
+    """
+    (ny, nx), (fx, fy) = shape_yx[-2:], fov_xy[:2]
+    dx, dy = fx * 1e3 / nx, fy * 1e3 / ny
+    return ((-(nx // 2) - 0.5) * dx, (nx - nx // 2 - 0.5) * dx, (-(ny // 2) - 0.5) * dy, (ny - ny // 2 - 0.5) * dy)
+
+
+#: at most this many (frame, z) slices in a figure PNG (the rest are listed as left out in its title)
+FIGURE_MAX_SLICES = 16
+
+
+def write_figure_png(image: Image, path: str | Path) -> None:
+    """Write :func:`image_figure` of ``image`` as PNG; spectra (``method`` "spectrum") as :func:`write_png` does."""
+    if image.meta.get("method") == "spectrum":
+        _write_spectrum_png(image, path)
+        return
+    buffer = io.BytesIO()
+    image_figure(image).savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def image_figure(image: Image) -> Figure:
+    """The magnitude as a figure: every (frame, z) slice (up to FIGURE_MAX_SLICES) on axes in mm from the image
+    centre (voxel i at (i − n//2)·Δ, +y up), one grey scale from 0 to the maximum, with its colorbar."""
+    from matplotlib.figure import Figure
+
+    frames = np.abs(_frames(image)).astype(np.float32)
+    slices = frames.reshape(-1, *frames.shape[-2:])
+    shown = slices[:FIGURE_MAX_SLICES]
+    cols = math.ceil(math.sqrt(len(shown)))
+    rows = math.ceil(len(shown) / cols)
+    (ny, nx), nz = shown.shape[-2:], frames.shape[1]
+    dx, dy = image.voxel_size[0] * 1e3, image.voxel_size[1] * 1e3
+    extent = extent_mm((ny, nx), image.fov[:2])
+    vmax = float(shown.max()) or 1.0
+    fig = Figure(figsize=(1.0 + 3.6 * cols, 0.6 + 3.4 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    drawn = None
+    for i, ax in enumerate(axes):
+        if i >= len(shown):
+            ax.set_axis_off()
+            continue
+        drawn = ax.imshow(shown[i], cmap="gray", vmin=0.0, vmax=vmax, origin="lower", interpolation="nearest",
+                          extent=extent)
+        if len(slices) > 1:
+            ax.set_title(f"frame {i // nz}, slice {i % nz}", fontsize=9)
+        ax.set_xlabel("x, read (mm)", fontsize=8)
+        ax.set_ylabel("y, phase (mm)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if drawn is not None:
+        fig.colorbar(drawn, ax=list(axes), shrink=0.8).set_label("magnitude (a.u.)")
+    left_out = f" (first {len(shown)} of {len(slices)} slices)" if len(slices) > len(shown) else ""
+    fig.suptitle(f"{image.meta.get('method', 'image')}: {nx}×{ny} voxels of {dx:.3g}×{dy:.3g} mm{left_out}",
+                 fontsize=10)
+    return fig
 
 
 def _write_spectrum_png(image: Image, path: str | Path) -> None:

@@ -241,24 +241,35 @@ class NonCartesianOp(LinearOperator):
       complex matrix product (BLAS); O(M·N) — exact to rounding; the test reference.
     * ``exact=False``: a NUFFT (finufft, :mod:`mrbridge.recon.nufft`) of relative accuracy ``eps``,
       O(N log N + M), with its own autograd (gradients w.r.t. the points are NUFFTs too). Axes of one voxel
-      (2-D slices) are left out of the transform: there r = 0 and k along them does not matter.
+      (2-D slices) are left out of the transform: there r = 0 and k along them does not matter. It computes in
+      double precision whenever ``eps`` is below what single precision reaches (< 1e-6; the default ``EPS`` is)
+      and returns the input's precision.
     * ``exact=None`` (default): dense when M·N ≤ ``DENSE_LIMIT`` (~16² samples × 16² voxels: there the
       DFT is exact and as fast as the NUFFT, 1–2 ms on one core), else the NUFFT (6× faster at 32², 17× at 96²).
+
+    Why ``EPS`` is 1e-10: CG on (AᴴA + λI)x = Aᴴy amplifies an error e of Aᴴy in the null space of A by 1/λ
+    while the image itself is scaled by 1/‖AᴴA‖; NUFFT errors are ε·‖y‖₁ spread over all voxels, so the image
+    error is ≈ ε·M/λ·‖y‖₁/|⟨y⟩| relative. A trajectory learned from zero (every sample at k ≈ 0, ‖AᴴA‖ = M)
+    with RF-spoiled, phase-scattered data and λ = 0.01 needs ε ≲ 1e-9 at 32². With single precision (1e-5)
+    GRE-from-zero's first gradient w.r.t. the trajectory (all samples at k = 0) was 2·10⁴× the dense DFT's
+    (cosine 0.2); Adam's second-moment estimate kept that size, so the trajectory barely moved afterwards
+    (validation NRMSE 0.30 after 100 steps; 0.14 when only the first step is exact; 0.10 by step 350 at 1e-10
+    throughout, as with the float32 dense DFT, exact at k = 0). Double precision at 1e-10 costs ≈ 1.1–1.6× the
+    single one at 1e-5.
 
     ``normal(x)`` is AᴴA x by Toeplitz embedding (two FFTs of twice the grid per call): use it in iterative solvers.
 
     traj: Tensor  # (M, 3) 1/m, (kx, ky, kz); may require grad
     shape: (z, y, x) image grid;  fov: (x, y, z) m
-    chunk: samples per block of the dense DFT;  eps: NUFFT relative accuracy (None: 1e-6 double, 1e-5 single)
+    chunk: samples per block of the dense DFT;  eps: NUFFT relative accuracy (None: ``EPS``)
     """
 
     #: largest samples × voxels computed by the dense DFT when ``exact`` is None
     DENSE_LIMIT = 1 << 16
-    #: the same while the trajectory is learned (``traj.requires_grad``): trajectory learning through the NUFFT
-    #: path stalled (MRzero GRE-from-zero at 32²: validation NRMSE 0.27 against 0.10 by step 300 with the dense
-    #: DFT) although its gradients match the dense DFT's in tests; until that is understood, learning keeps the
-    #: exact transform up to 64² × 64² and beyond
-    LEARNING_DENSE_LIMIT = 1 << 26
+    #: default NUFFT relative accuracy (computed in double precision; see the class docstring)
+    EPS = 1e-10
+    #: the smallest ``eps`` computed in single precision (finufft's float32 transforms reach ~1e-6)
+    SINGLE_EPS = 1e-6
 
     def __init__(
         self,
@@ -279,36 +290,51 @@ class NonCartesianOp(LinearOperator):
         self.chunk = chunk
         self.scale = 1.0 / math.sqrt(math.prod(shape))
         size = traj.shape[0] * math.prod(shape)
-        limit = self.LEARNING_DENSE_LIMIT if traj.requires_grad else self.DENSE_LIMIT
-        self.exact = size <= limit if exact is None else bool(exact)
-        self.eps = eps
+        self.exact = size <= self.DENSE_LIMIT if exact is None else bool(exact)
+        self.eps = self.EPS if eps is None else float(eps)
 
     # ------------------------------------------------------------------ NUFFT
     def _axes(self) -> list[int]:
         """Image axes (0 = z, 1 = y, 2 = x) in the transform: those with more than one voxel (at least x)."""
         return [a for a in range(3) if self.ishape[a] > 1] or [2]
 
-    def _omega(self, device: torch.device) -> torch.Tensor:
-        """(M, d) radians per voxel, ω = 2π k Δ, columns in image-axis order (z, y, x) of ``_axes``."""
-        cols = []
-        for a in self._axes():
-            t = 2 - a  # traj column: (kx, ky, kz)
-            cols.append(self.traj[:, t] * (2 * math.pi * self.fov[t] / self.ishape[a]))
-        return torch.stack(cols, 1).to(device)
+    def _work(self, like: torch.Tensor) -> torch.dtype:
+        """The complex dtype the NUFFT computes in: double below ``SINGLE_EPS``, else that of ``like``/``traj``."""
+        if self.eps < self.SINGLE_EPS or torch.float64 in (like.dtype, self.traj.dtype) \
+                or like.dtype == torch.complex128:
+            return torch.complex128
+        return torch.complex64
+
+    @staticmethod
+    def _out(like: torch.Tensor) -> torch.dtype:
+        """The complex dtype returned for an input ``like`` (its own, or the complex one of a real input)."""
+        if like.is_complex():
+            return like.dtype
+        return torch.complex128 if like.dtype == torch.float64 else torch.complex64
+
+    def _omega(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(M, d) radians per voxel, ω = 2π k Δ, columns in image-axis order (z, y, x) of ``_axes``; real
+        dtype of the complex ``dtype``."""
+        real = torch.float64 if dtype == torch.complex128 else torch.float32
+        traj = self.traj.to(device=device, dtype=real)
+        cols = [traj[:, 2 - a] * (2 * math.pi * self.fov[2 - a] / self.ishape[a]) for a in self._axes()]
+        return torch.stack(cols, 1)
 
     def _nufft_forward(self, x: torch.Tensor) -> torch.Tensor:
         axes = self._axes()
         batch = x.shape[:-3]
         sub = tuple(self.ishape[a] for a in axes)
-        y = nufft2(x.reshape(*batch, *sub), self._omega(x.device), eps=self.eps)
-        return (y * self.scale).to(x.dtype if x.is_complex() else y.dtype)
+        work = self._work(x)
+        y = nufft2(x.reshape(*batch, *sub).to(work), self._omega(x.device, work), eps=self.eps)
+        return (y * self.scale).to(self._out(x))
 
     def _nufft_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         axes = self._axes()
         batch = y.shape[:-1]
         sub = tuple(self.ishape[a] for a in axes)
-        x = nufft1(y, self._omega(y.device), sub, eps=self.eps) * self.scale
-        return x.to(y.dtype if y.is_complex() else x.dtype).reshape(*batch, *self.ishape)
+        work = self._work(y)
+        x = nufft1(y.to(work), self._omega(y.device, work), sub, eps=self.eps) * self.scale
+        return x.to(self._out(y)).reshape(*batch, *self.ishape)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """AᴴA x (…, z, y, x) → (…, z, y, x) by Toeplitz embedding: one FFT pair on a grid twice the size.
@@ -344,8 +370,9 @@ class NonCartesianOp(LinearOperator):
         if cached is not None and cached[0] == key:
             return cached[1]
         sub = tuple(self.ishape[a] for a in self._axes())
-        omega = self._omega(like.device)
-        ones = torch.ones(omega.shape[0], dtype=dtype, device=like.device)
+        work = self._work(like)
+        omega = self._omega(like.device, work)
+        ones = torch.ones(omega.shape[0], dtype=work, device=like.device)
         t = nufft1(ones, omega, tuple(2 * n for n in sub), eps=self.eps) * self.scale**2  # index i ↔ d = i − n
         dims = tuple(range(-len(sub), 0))
         kernel = torch.fft.fftn(torch.fft.ifftshift(t, dims), dim=dims).to(dtype)  # d = 0 at index 0

@@ -8,7 +8,9 @@ ADC over the whole echo train) split into virtual line readouts (``mrbridge.reco
 readouts that alternate in direction or are ramp-sampled (EPI):
 N/2 ghost correction and regridding onto the Cartesian k_x grid (``mrbridge.recon.epi``) → gridding by the
 encoding labels (Cartesian: fft, sense) or an exact non-Cartesian transform of ``raw.traj`` (adjoint, cg) → coil
-combination → readout-oversampling removal → optional network.
+combination → readout-oversampling removal → optional network. With ``network: unrolled`` the solve of
+sense / cg itself becomes the unrolled network (``mrbridge.recon.unrolled``): regularised-SENSE steps on the same
+encoding operator alternating with learned priors.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,9 +37,11 @@ from mrbridge.recon.image import Image
 from mrbridge.recon.lines import virtual_lines
 from mrbridge.recon.networks import build_network
 from mrbridge.recon.operators import CoilOp, FourierOp, LinearOperator, NonCartesianOp
+from mrbridge.recon.phase import PhaseNormalised
 from mrbridge.recon.regrid import needs_regrid
 from mrbridge.recon.solvers import conjugate_gradient
 from mrbridge.recon.spectrum import frequencies, is_unencoded, spectra
+from mrbridge.recon.unrolled import Normal, Trace, UnrolledConfig, UnrolledSense
 
 #: readouts that never enter an image
 _SKIP = (
@@ -45,6 +50,19 @@ _SKIP = (
     ismrmrd.ACQ_IS_PHASECORR_DATA,
     ismrmrd.ACQ_IS_DUMMYSCAN_DATA,
 )
+
+
+@dataclass
+class SenseProblem:
+    """One Cartesian SENSE problem: data ``kspace`` = ``mask``·``op``(x) + noise.
+
+    op: image (…, y, x) → coil k-space (coils, …, y, x), FFT @ sensitivities;  mask: (…, y, x) real, 1 where
+    sampled;  kspace: (coils, …, y, x) complex, zero-filled
+    """
+
+    op: LinearOperator
+    mask: torch.Tensor
+    kspace: torch.Tensor
 
 
 class ReconConfig(BaseModel):
@@ -77,15 +95,34 @@ class ReconConfig(BaseModel):
     density_compensation: Literal["none", "pipe"] = Field(
         default="none", description="adjoint: weight the samples by Pipe's iterative density compensation"
     )
-    network: Literal["none", "cnn", "unet"] = "none"
-    network_features: int = Field(default=16, ge=1)
+    network: Literal["none", "cnn", "unet", "unrolled"] = "none"
+    network_features: int = Field(default=16, ge=1, description="channels of the network (unrolled: of each prior)")
     network_depth: int = Field(default=3, ge=1, description="conv layers (cnn, ≥ 2) or levels (unet)")
+    network_phase: Literal["as_is", "normalised"] = Field(
+        default="as_is", description="normalised: the network (unrolled: each prior) sees the image without its "
+        "smooth phase, restored after (mrbridge.recon.phase)"
+    )
+    unrolled: UnrolledConfig | None = Field(
+        default=None, description="network unrolled: its steps, prior and λ (defaults filled in)"
+    )
 
     @model_validator(mode="after")
     def _trainable_tikhonov(self) -> ReconConfig:
         if self.train_tikhonov and (self.method not in ("cg", "sense") or self.tikhonov <= 0):
             raise ValueError(f"train_tikhonov needs method 'cg' or 'sense' (got {self.method!r}) and tikhonov > 0 "
                              f"as its starting value (got {self.tikhonov})")
+        return self
+
+    @model_validator(mode="after")
+    def _unrolled(self) -> ReconConfig:
+        if self.network == "unrolled":
+            if self.method not in ("cg", "sense"):
+                raise ValueError(f"network 'unrolled' replaces the solve of method 'sense' or 'cg' (got "
+                                 f"{self.method!r})")
+            if self.unrolled is None:
+                self.unrolled = UnrolledConfig()
+        elif self.unrolled is not None:
+            raise ValueError(f"unrolled settings need network 'unrolled' (got {self.network!r})")
         return self
 
 
@@ -102,6 +139,16 @@ def default_method(raw: RawData) -> Literal["fft", "cg"]:
     if split:
         imaging = torch.ones(view.readouts, dtype=torch.bool)
     return "fft" if needs_regrid(view.traj, h.encoded_fov, imaging) else "cg"
+
+
+def _trace_meta(traces: list[Trace] | None) -> dict[str, list[float]]:
+    """Image meta of the unrolled steps: the λₙ and, per step, the worst residual ‖E x − y‖/‖y‖ over the
+    reconstructed slices / volumes, of xₙ (after the SENSE step) and of zₙ (after the prior)."""
+    if not traces:
+        return {}
+    return {"unrolled_lambdas": traces[0].lambdas,
+            "unrolled_step_residual": [max(t) for t in zip(*(tr.step_residual for tr in traces), strict=True)],
+            "unrolled_prior_residual": [max(t) for t in zip(*(tr.prior_residual for tr in traces), strict=True)]}
 
 
 def _has(flags: torch.Tensor, bit: int) -> torch.Tensor:
@@ -148,7 +195,13 @@ class Recon(nn.Module):
         super().__init__()
         self.config = config or ReconConfig()
         c = self.config
-        self.network = build_network(c.network, features=c.network_features, depth=c.network_depth)
+        unrolled = c.network == "unrolled"
+        phase = c.network_phase == "normalised"
+        network = None if c.network == "unrolled" else build_network(
+            c.network, features=c.network_features, depth=c.network_depth)
+        self.network = PhaseNormalised(network) if phase and network is not None else network
+        self.unrolled = UnrolledSense(c.unrolled or UnrolledConfig(), features=c.network_features,
+                                      depth=c.network_depth, phase_normalised=phase) if unrolled else None
         # λ = exp(log_tikhonov) when trained: positive, and Adam steps are relative changes of λ
         self.log_tikhonov = nn.Parameter(torch.tensor(math.log(c.tikhonov))) if c.train_tikhonov else None
 
@@ -202,7 +255,8 @@ class Recon(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, raw: RawData, *, network: bool = True) -> Image:
-        """Reconstruct ``raw`` (``network=False``: without the network stage, e.g. to batch it elsewhere).
+        """Reconstruct ``raw`` (``network=False``: without the network stage, e.g. to batch it elsewhere; an
+        unrolled network then gives way to plain CG / CG-SENSE with the configured ``tikhonov``).
 
         Returns an Image with data (repetitions, contrasts, z, y, x): complex64 for
         coil_combine="sensitivity", the methods cg/sense with sensitivities, or a network; real for RSS.
@@ -227,13 +281,14 @@ class Recon(nn.Module):
             raw, kdata, view = cartesian_view(raw, kdata, ~skip, ghost=c.ghost_correction, interpolation=c.regrid,
                                               phase_rad=c.ghost_phase_rad, delay_us=c.ghost_delay_us)
         h = raw.header
+        traces: list[Trace] | None = [] if network and self.unrolled is not None else None
         if c.method == "sense":
-            image = self._sense(raw, kdata, ~skip & ~calib_only, ~skip & calib)
+            image = self._sense(raw, kdata, ~skip & ~calib_only, ~skip & calib, traces)
         elif c.method == "fft":
             grid, _ = self._grid(raw, kdata, ~skip)
             image = self._combine(self._crop(self._fourier(raw).H(grid), raw))  # crop first: less to combine
         else:
-            image = self._noncartesian(raw, kdata, ~skip)
+            image = self._noncartesian(raw, kdata, ~skip, traces)
         image = self._crop(image, raw)
         if network and self.network is not None:
             image = self.network(image)
@@ -244,7 +299,7 @@ class Recon(nn.Module):
             h.encoded_fov[2] * (1 if h.encoded_matrix[2] > 1 else image.shape[-3]),
         )
         meta = {"method": c.method, "coils": raw.coils, "coil_combine": c.coil_combine, **raw.provenance, **lines,
-                **view}
+                **view, **_trace_meta(traces)}
         return Image(data=image, fov=fov, meta=meta)
 
     @staticmethod
@@ -330,38 +385,73 @@ class Recon(nn.Module):
         c = self.config
         return estimate_sensitivities(coil_images, kernel=c.sensitivity_kernel, threshold=c.sensitivity_threshold)
 
-    def _sense(self, raw: RawData, kdata: torch.Tensor, imaging: torch.Tensor, acs: torch.Tensor) -> torch.Tensor:
-        """CG-SENSE per (repetition, contrast[, slice]) with sensitivities from the ACS lines."""
+    def _solve(self, gram: Normal, rhs: torch.Tensor, y_norm2: float, traces: list[Trace] | None) -> torch.Tensor:
+        """(EᴴE + λI)x = Eᴴy by CG, or the unrolled network when ``traces`` is a list (its trace appended).
+
+        gram: x ↦ EᴴE x;  rhs: Eᴴy (…) complex;  y_norm2: ‖y‖²
+        """
+        if traces is not None and self.unrolled is not None:
+            trace = Trace()
+            traces.append(trace)
+            return self.unrolled(gram, rhs, y_norm2=y_norm2, trace=trace)
+        tikhonov = self.tikhonov()
+
+        def normal(x: torch.Tensor) -> torch.Tensor:
+            return gram(x) + tikhonov * x
+
+        return conjugate_gradient(normal, rhs, iterations=self.config.iterations)
+
+    def _sense(self, raw: RawData, kdata: torch.Tensor, imaging: torch.Tensor, acs: torch.Tensor,
+               traces: list[Trace] | None = None) -> torch.Tensor:
+        """CG-SENSE (or the unrolled network) per (repetition, contrast[, slice]) with sensitivities from the ACS
+        lines."""
+        problems, shape = self._sense_problems(raw, kdata, imaging, acs)
+        out = []
+        for p in problems:
+            def gram(x: torch.Tensor, p: SenseProblem = p) -> torch.Tensor:
+                return p.op.H(p.mask * p.op(x))
+
+            out.append(self._solve(gram, p.op.H(p.kspace), float(p.kspace.detach().abs().square().sum()), traces))
+        return torch.stack(out).reshape(shape)
+
+    def _sense_problems(self, raw: RawData, kdata: torch.Tensor, imaging: torch.Tensor, acs: torch.Tensor
+                        ) -> tuple[list[SenseProblem], tuple[int, ...]]:
+        """One SENSE problem per (repetition, contrast) volume (3-D) or slice (2-D), sensitivities (Walsh) from
+        the ACS lines; and the image grid (reps, contrasts, z, y, x) they fill."""
         if not bool(acs.any()):
             raise InputError("raw data: method 'sense' needs calibration lines (ACQ_IS_PARALLEL_CALIBRATION)")
         grid, mask = self._grid(raw, kdata, imaging)
         acs_grid, _ = self._grid(raw, kdata, acs)
         fourier = self._fourier(raw)
-        c = self.config
         coils, shape = grid.shape[0], grid.shape[1:]
-        # one problem per (rep, contrast) volume (3-D) or per slice (2-D)
         per = 3 if len(fourier.ishape) == 3 else 2
         flat_k = grid.reshape(coils, -1, *shape[-per:])
         flat_acs = acs_grid.reshape(coils, -1, *shape[-per:])
         flat_mask = mask.reshape(-1, *shape[-per:])
-        out = []
+        problems = []
         for g in range(flat_k.shape[1]):
             low = fourier.H(flat_acs[:, g])
             sens = self._sensitivities(low if per == 3 else low.unsqueeze(1))
             sens = sens if per == 3 else sens.squeeze(1)
-            coil = CoilOp(sens)
-            m = flat_mask[g].to(grid.real.dtype)
-            op: LinearOperator = fourier @ coil
+            problems.append(SenseProblem(fourier @ CoilOp(sens), flat_mask[g].to(grid.real.dtype), flat_k[:, g]))
+        return problems, tuple(shape)
 
-            def normal(x: torch.Tensor, op: LinearOperator = op, m: torch.Tensor = m) -> torch.Tensor:
-                return op.H(m * op(x)) + self.tikhonov() * x
+    def sense_problems(self, raw: RawData) -> tuple[list[SenseProblem], tuple[int, ...]]:
+        """The SENSE problems (encoding operator, mask, data) of Cartesian line data as method 'sense' solves
+        them (prewhitened; EPI-like readouts are not regridded here), and the grid (reps, contrasts, z, y, x)
+        the images fill, before any cropping. For checks of data consistency (``mrbridge.report.guard``)."""
+        kdata = raw.kdata
+        if self.config.prewhiten and raw.noise is not None and raw.noise.shape[-1] > raw.coils:
+            kdata = prewhiten(kdata, raw.noise)
+        flags = (raw.flags if raw.flags is not None else torch.zeros(raw.readouts, dtype=torch.int64)).to(kdata.device)
+        skip = self._skipped(raw).to(kdata.device)
+        calib_only = _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
+        calib = calib_only | _has(flags, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+        return self._sense_problems(raw, kdata, ~skip & ~calib_only, ~skip & calib)
 
-            rhs = op.H(flat_k[:, g])
-            out.append(conjugate_gradient(normal, rhs, iterations=c.iterations))
-        return torch.stack(out).reshape(shape)
-
-    def _noncartesian(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Adjoint or CG for arbitrary trajectories, per (repetition, contrast, slice)."""
+    def _noncartesian(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor,
+                      traces: list[Trace] | None = None) -> torch.Tensor:
+        """Adjoint or CG (or the unrolled network) for arbitrary trajectories, per (repetition, contrast, slice)."""
         c, h = self.config, raw.header
         nx, ny, nz = h.encoded_matrix
         traj = raw.traj if raw.traj is not None else self._cartesian_traj(raw)
@@ -386,15 +476,16 @@ class Recon(nn.Module):
                 continue
             # AᴴA by Toeplitz embedding (NonCartesianOp.normal): two FFTs per iteration instead of a NUFFT pair
             sensitivity = c.coil_combine == "sensitivity" and raw.coils > 1
+            if traces is not None and raw.coils > 1 and not sensitivity:
+                raise InputError(f"raw data: {raw.coils} coils; network 'unrolled' with method 'cg' needs "
+                                 "coil_combine 'sensitivity' (one image to regularise, not one per coil)")
             coil = CoilOp(self._sensitivities(coil_images)) if sensitivity else None
             rhs = coil_images if coil is None else coil.H(coil_images)  # = (op @ coil).H(y), no second adjoint
 
-            def normal(x: torch.Tensor, coil: CoilOp | None = coil, op: NonCartesianOp = op) -> torch.Tensor:
-                if coil is None:
-                    return op.normal(x) + self.tikhonov() * x
-                return coil.H(op.normal(coil(x))) + self.tikhonov() * x
+            def gram(x: torch.Tensor, coil: CoilOp | None = coil, op: NonCartesianOp = op) -> torch.Tensor:
+                return op.normal(x) if coil is None else coil.H(op.normal(coil(x)))
 
-            x = conjugate_gradient(normal, rhs, iterations=c.iterations)
+            x = self._solve(gram, rhs, float(y.detach().abs().square().sum()), traces)
             images.append(x if x.dim() == 3 else self._combine(x[:, None])[0])
         stacked = torch.stack(images)
         return stacked.reshape(shape[0], shape[1], -1, ny, nx)

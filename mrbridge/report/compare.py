@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,10 @@ from mrbridge.recon.image import Image
 from mrbridge.recon.pipeline import Recon
 from mrbridge.report import figures
 from mrbridge.report.grid import common_grid
+from mrbridge.report.guard import guard_report
+from mrbridge.report.history import read_history
 from mrbridge.report.html import FileRecord, file_record, render_report, versions
+from mrbridge.report.kspace import kspace_plane
 from mrbridge.report.metrics import (
     Metrics,
     compare_images,
@@ -33,7 +37,9 @@ from mrbridge.report.metrics import (
     data_consistency,
     labels_on_grid,
 )
+from mrbridge.report.snr import SnrReport, noise_change, roi_snr
 from mrbridge.report.validity import assess
+from mrbridge.report.waveforms import read_waveforms
 from mrbridge.sequence.import_seq import import_seq
 from mrbridge.sequence.model import Sequence
 from mrbridge.sequence.safety import SafetyReport, check_safety
@@ -49,6 +55,7 @@ class CompareResult:
     compared on (resampled when their matrices differed, see ``notes``).
     warnings: one line each on why the comparison means little (empty when it is sound).
     notes: one line each on what was done to compare (resampling).
+    snr: SNR per region of both images, with the method of each (:mod:`mrbridge.report.snr`).
     """
 
     out_dir: Path
@@ -62,6 +69,7 @@ class CompareResult:
     files: list[FileRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    snr: SnrReport | None = None
 
 
 def _sequence(seq_path: Path | None, bundle: Path | None) -> Sequence | None:
@@ -105,6 +113,105 @@ def _trajectory(sim: RawData, meas: RawData, seq: Sequence | None) -> torch.Tens
     return None
 
 
+Drawn = list[tuple[Path, str]]
+
+
+def _pulseq_file(seq_path: Path | None, bundle: Path | None) -> Path | None:
+    """The Pulseq file whose waveforms to draw: ``seq_path`` when it is a .seq, else the bundle's export."""
+    if seq_path is not None and seq_path.suffix.lower() == ".seq":
+        return seq_path
+    if bundle is not None and (bundle / "sequence.seq").is_file():
+        return bundle / "sequence.seq"
+    return None
+
+
+def _image_figures(scaled: torch.Tensor, meas: torch.Tensor, fov: tuple[float, float, float], out: Path) -> Drawn:
+    sim_slice, meas_slice = figures.central_slice(scaled), figures.central_slice(meas)
+    mask = comparison_mask(torch.from_numpy(sim_slice), torch.from_numpy(meas_slice)).numpy()
+    return [
+        (figures.image_panels(sim_slice, meas_slice, mask, out / "images.png", fov_xy=fov[:2]),
+         "simulated (× fitted scale), measured, difference and ratio (central slice, first frame; mm from the "
+         "image centre)"),
+        (figures.line_profiles(sim_slice, meas_slice, out / "profiles.png", fov_xy=fov[:2]),
+         "line profiles through the image centre"),
+    ]
+
+
+def _signal_figure(sim: RawData, meas: RawData, scale: float, out: Path) -> Drawn:
+    return [(figures.signal_curves(sim, meas, scale, out / "kspace_centre.png"),
+             "k-space-centre signal of every readout over time")]
+
+
+def _kspace_figure(recon: Recon, sim: RawData, meas: RawData, scale: float, out: Path) -> Drawn:
+    sim_k, meas_k = kspace_plane(recon, sim), kspace_plane(recon, meas)
+    where = "on the Cartesian grid" if meas_k.gridded else "readouts as acquired"
+    return [(figures.kspace_panels(sim_k, meas_k, scale, out / "kspace.png"),
+             f"log-magnitude k-space ({where}, RSS over coils, first frame) of the simulation × scale and the "
+             "measurement, and their difference in decades")]
+
+
+def _trajectory_figure(traj: torch.Tensor | None, out: Path) -> Drawn:
+    if traj is None:
+        return []
+    return [(figures.trajectory(traj, out / "trajectory.png"), "k-space trajectory (measured data's)")]
+
+
+def _waveform_figure(pulseq_file: Path | None, window: tuple[float, float] | None, out: Path) -> Drawn:
+    if pulseq_file is None:
+        return []
+    waves = read_waveforms(pulseq_file, window)
+    start, end = waves.window
+    return [(figures.seq_waveforms(waves, out / "waveforms.png", title=pulseq_file.name),
+             f"{pulseq_file.name} as the scanner plays it (read back with pypulseq): RF magnitude and phase, "
+             f"Gx/Gy/Gz with their ramps, ADC windows; {start * 1e3:.4g}–{end * 1e3:.4g} ms")]
+
+
+def _sequence_figure(seq: Sequence | None, out: Path) -> Drawn:
+    if seq is None:
+        return []
+    return [(figures.sequence_diagram(seq, out / "sequence.png"),
+             "sequence overview from mrbridge's event model (moments as flat steps, no RF shape): RF, gradients "
+             "and ADC of the first repetitions with readouts; per-repetition flip angle and net moment")]
+
+
+def _history_figure(bundle: Path | None, out: Path) -> Drawn:
+    if bundle is None or not (bundle / "history.csv").is_file():
+        return []
+    rows = read_history(bundle / "history.csv")
+    if not rows:
+        return []
+    return [(figures.optimization_history(rows, out / "history.png"),
+             f"optimization history of {bundle.name}: loss terms and total loss, and the tracked parameters, per "
+             "step")]
+
+
+def _regions(meas: torch.Tensor, labels: torch.Tensor | None, names: dict[int, str]) -> dict[str, torch.Tensor]:
+    """SNR regions (z, y, x) bool: the object (measured magnitude > 10 % of max), then every tissue label."""
+    first = meas.reshape(-1, *meas.shape[-3:])[0]
+    regions = {"object (> 10 % of max)": first > 0.1 * float(first.max())}
+    if labels is not None:
+        for value in sorted(int(v) for v in labels.unique() if int(v) != 0):
+            regions[names.get(value, f"label {value}")] = labels == value
+    return regions
+
+
+def _snr(recon: Recon, raws: tuple[RawData, RawData], recons: tuple[Image, Image],
+         mags: tuple[torch.Tensor, torch.Tensor], regions: dict[str, torch.Tensor]) -> SnrReport:
+    """SNR per region of both images; σ from each raw data's noise scan when it has one (:mod:`snr`)."""
+
+    def on_grid(side: int) -> Callable[[RawData], torch.Tensor]:
+        def reconstruct(raw: RawData) -> torch.Tensor:
+            with torch.no_grad():
+                image = recon(raw)
+            pair = (image, recons[1]) if side == 0 else (recons[0], image)
+            grid = common_grid(*pair)
+            return (grid.sim if side == 0 else grid.meas).data.abs().float()
+        return reconstruct
+
+    changes = [noise_change(raws[side], on_grid(side), mags[side]) for side in (0, 1)]
+    return roi_snr(mags[0], mags[1], regions, sim_change=changes[0], meas_change=changes[1])
+
+
 def compare(
     sim_path: str | Path,
     meas_path: str | Path,
@@ -114,6 +221,7 @@ def compare(
     bundle: str | Path | None = None,
     twin_path: str | None = None,
     system: str | Path = "generic3t",
+    seq_window: tuple[float, float] | None = None,
 ) -> CompareResult:
     """Reconstruct ``sim_path`` and ``meas_path`` with the same Recon and write the comparison report.
 
@@ -127,6 +235,9 @@ def compare(
         Its ``sequence.json`` and ``safety.json`` are used when ``seq_path`` is not given.
     twin_path: the twin of the simulation ("builtin:NAME" or a twin .h5); its tissue labels give ROI statistics
     system: scanner preset name or system YAML for the safety check
+    seq_window: (start, end) s of the .seq's waveforms to draw (default: two repetitions from the excitation
+        before the first ADC, see :func:`mrbridge.report.waveforms.default_window`); drawn when a .seq is given
+        or the bundle holds ``sequence.seq``
 
     Returns the result with ``warnings`` (why the comparison means little: degenerate encoding, stripe images,
     objects that barely overlap, very different grids, a twin that is not the measured object) and ``notes``
@@ -136,6 +247,10 @@ def compare(
     out = Path(out_dir)
     seq_file = Path(seq_path) if seq_path is not None else None
     bundle_dir = Path(bundle) if bundle is not None else None
+    pulseq_file = _pulseq_file(seq_file, bundle_dir)
+    if seq_window is not None and pulseq_file is None:
+        raise InputError(f"seq_window {seq_window}: there is no .seq to draw (give one with --seq, or a bundle "
+                         "holding sequence.seq)")
     sim_raw = read_raw(sim_path)
     meas_raw = read_raw(meas_path, seq_file)
     recon = Recon.load(bundle_dir) if bundle_dir is not None else Recon()
@@ -165,30 +280,26 @@ def compare(
     seq = _sequence(seq_file, bundle_dir)
     safety, safety_note = _safety(seq_file, bundle_dir, system)
 
-    sim_slice, meas_slice = figures.central_slice(scaled), figures.central_slice(meas_mag)
-    mask = comparison_mask(torch.from_numpy(sim_slice), torch.from_numpy(meas_slice)).numpy()
-    drawn: list[tuple[Path, str]] = [
-        (figures.image_panels(sim_slice, meas_slice, mask, out / "images.png"),
-         "simulated (× fitted scale), measured, difference and ratio (central slice, first frame)"),
-        (figures.line_profiles(sim_slice, meas_slice, out / "profiles.png"),
-         "line profiles through the image centre"),
-        (figures.signal_curves(sim_raw, meas_raw, metrics.scale, out / "kspace_centre.png"),
-         "k-space-centre signal of every readout over time"),
+    drawn = [
+        *_image_figures(scaled, meas_mag, meas_image.fov, out),
+        *_signal_figure(sim_raw, meas_raw, metrics.scale, out),
+        *_kspace_figure(recon, sim_raw, meas_raw, metrics.scale, out),
+        *_trajectory_figure(_trajectory(sim_raw, meas_raw, seq), out),
+        *_waveform_figure(pulseq_file, seq_window, out),
+        *_sequence_figure(seq, out),
+        *_history_figure(bundle_dir, out),
+        *guard_report(recon, meas_raw, meas_recon, out),  # learned recons: the hallucination guard
     ]
-    traj = _trajectory(sim_raw, meas_raw, seq)
-    if traj is not None:
-        drawn.append((figures.trajectory(traj, out / "trajectory.png"), "k-space trajectory (measured data's)"))
-    if seq is not None:
-        drawn.append((figures.sequence_diagram(seq, out / "sequence.png"),
-                      "sequence: RF, gradients and ADC of the first repetitions with readouts; per-repetition "
-                      "flip angle and net moment"))
+    snr = _snr(recon, (sim_raw, meas_raw), (sim_recon, meas_recon), (sim_mag, meas_mag),
+               _regions(meas_mag, labels, names))
 
     files = [file_record("simulated raw data", sim_path), file_record("measured raw data", meas_path)]
     if seq_file is not None:
         files.append(file_record("sequence", seq_file))
     if bundle_dir is not None:
         files += [file_record(f"bundle {p.name}", p) for p in sorted(bundle_dir.iterdir())
-                  if p.is_file() and p.name in ("recon.json", "recon.pt", "sequence.json", "safety.json")]
+                  if p.is_file() and p.name in ("recon.json", "recon.pt", "sequence.json", "safety.json",
+                                                  "sequence.seq", "history.csv")]
     if twin_path is not None and Path(twin_path).is_file():
         files.append(file_record("twin", twin_path))
     raw_provenance = {"simulated": dict(sim_raw.provenance), "measured": dict(meas_raw.provenance)}
@@ -207,6 +318,7 @@ def compare(
         "warnings": warnings,
         "notes": grid.notes,
         "roi_meaningful": validity.roi_meaningful,
+        "snr": asdict(snr),
     }
     atomic_write_text(metrics_path, json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
     page = render_report(
@@ -221,10 +333,11 @@ def compare(
         warnings=warnings,
         notes=grid.notes,
         roi_meaningful=validity.roi_meaningful,
+        snr=snr,
     )
     index = out / "index.html"
     atomic_write_text(index, page)
     return CompareResult(out_dir=out, index=index, metrics_json=metrics_path, figures=[p for p, _ in drawn],
                          metrics=metrics, sim_image=sim_image, meas_image=meas_image, safety=safety, files=files,
-                         warnings=warnings, notes=grid.notes)
+                         warnings=warnings, notes=grid.notes, snr=snr)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import jinja2
 
 from mrbridge.report.metrics import Metrics
+from mrbridge.report.snr import NEIGHBOUR_DIFFERENCE, NOISE_SCAN, SnrReport
 from mrbridge.sequence.safety import SafetyReport
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -94,11 +95,13 @@ def render_report(
     warnings: list[str] | None = None,
     notes: list[str] | None = None,
     roi_meaningful: bool = True,
+    snr: SnrReport | None = None,
 ) -> str:
     """The HTML page. ``figures``: (file name relative to the page, caption).
 
     ``warnings`` (why the comparison means little) head the page in a visible block, ``notes`` (what was done to
-    compare, e.g. resampling) follow it; ``roi_meaningful=False`` marks the tissue table as not meaningful.
+    compare, e.g. resampling) follow it; ``roi_meaningful=False`` marks the tissue table as not meaningful;
+    ``snr`` fills the SNR table, each image's method stated.
     """
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -118,4 +121,26 @@ def render_report(
         warnings=list(warnings or []),
         notes=list(notes or []),
         roi_meaningful=roi_meaningful,
+        snr=snr_rows(snr) if snr is not None else None,
     )
+
+
+#: what each SNR method means, as the page states it
+SNR_METHODS = {
+    NOISE_SCAN: "σ from the raw data's noise scan: noise with its coil covariance added to the samples and "
+                "reconstructed by the same recon (assumes the noise scan's bandwidth is the imaging one)",
+    NEIGHBOUR_DIFFERENCE: "no noise scan: σ = std of neighbouring-voxel differences / √2 inside the region "
+                          "(edges and texture count as noise, so this underestimates the SNR)",
+}
+
+
+def snr_rows(snr: SnrReport) -> dict[str, object]:
+    """The SNR table: rows (region, voxels, formatted SNR of both images) and each image's method."""
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f}"
+
+    return {
+        "rows": [{"name": r.name, "voxels": r.voxels, "sim": fmt(r.sim), "meas": fmt(r.meas)} for r in snr.rows],
+        "sim_method": snr.sim_method, "meas_method": snr.meas_method,
+        "sim_meaning": SNR_METHODS[snr.sim_method], "meas_meaning": SNR_METHODS[snr.meas_method],
+    }

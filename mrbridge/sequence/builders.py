@@ -36,6 +36,7 @@ from mrbridge.sequence.protocol import (
     TseProtocol,
     with_matrix,
 )
+from mrbridge.sequence.undersampling import ACS_FLAGS, acquired_lines
 
 _Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (times, moments, adc, adc_phase)
 
@@ -170,7 +171,8 @@ def _gre_repetition(
 
 
 def gre(p: GreProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
-    """RF- and gradient-spoiled GRE (FLASH): ``dummies`` silent repetitions, then lines 0 … N−1.
+    """RF- and gradient-spoiled GRE (FLASH): ``dummies`` silent repetitions, then lines 0 … N−1 (undersampled:
+    the acquired lines in order, the ACS lines flagged, :mod:`mrbridge.sequence.undersampling`).
 
     Excitation n (dummies included) has phase rf_spoiling_deg·n(n+1)/2, the ADC the same; after the readout
     the y moment is rewound and x is left with ``spoiler_cycles_per_voxel`` cycles per voxel per TR.
@@ -178,7 +180,9 @@ def gre(p: GreProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
     ro = _readout(p)
     te, tr, angle = p.te_ms * 1e-3, p.tr_ms * 1e-3, math.radians(p.flip_angle_deg)
     spoil = p.spoiler_cycles_per_voxel * p.matrix * ro.dk
-    lines: list[int | None] = [None] * p.dummies + list(range(p.matrix))
+    acquired, acs = acquired_lines(p.matrix, p.undersampling)
+    lines: list[int | None] = [None] * p.dummies
+    lines += acquired
     reps = [
         _gre_repetition(
             ro,
@@ -188,7 +192,7 @@ def gre(p: GreProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
             duration=tr,
             line=line,
             spoil=spoil,
-            labels=ReadoutLabels(kspace_encode_step_1=line or 0),
+            labels=ReadoutLabels(kspace_encode_step_1=line or 0, flags=ACS_FLAGS if line in acs else 0),
             dtype=dtype,
         )
         for i, line in enumerate(lines)

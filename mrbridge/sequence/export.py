@@ -66,9 +66,9 @@ from mrbridge.sequence.export_readout import (
     pns_slew,
 )
 from mrbridge.sequence.model import Pulse, PulseUsage, ReadoutLabels, Repetition, Sequence, runs
+from mrbridge.sequence.protocol import CRUSHER_CYCLES
 from mrbridge.system import GAMMA_HZ_PER_T, IecLimits, System
 
-CRUSHER_CYCLES = 4.0  # default crusher around each refocusing pulse: cycles across the slice thickness
 K_TOLERANCE = 2.5e-4  # k steps (1/FOV): the largest k error at an ADC sample a designed readout may have
 RF_USE = {
     PulseUsage.EXCITATION: "excitation",
@@ -396,7 +396,7 @@ def export_seq(
     timing: Literal["extend", "strict"] = "extend",
     path: str | Path | None = None,
     version: Literal["1.5", "1.4"] = "1.5",
-    crusher_cycles: float = CRUSHER_CYCLES,
+    crusher_cycles: float | None = None,
     slew_fraction: float = 1.0,
 ) -> ExportResult:
     """Turn ``seq`` into a pypulseq Sequence (and a ``.seq`` file when ``path`` is given).
@@ -415,7 +415,8 @@ def export_seq(
     version: Pulseq file format version.
     crusher_cycles: crushers around every refocusing pulse, cycles across the slice thickness on z (moment
         ``crusher_cycles / slice_thickness`` 1/m), the same before and after each pulse and for every echo (CPMG
-        kept, the echo unchanged); the returned Sequence holds them. 0: none.
+        kept, the echo unchanged); the returned Sequence holds them. 0: none. None: the ``crusher_cycles`` of
+        the protocol the sequence was built from (SE, TSE), else ``CRUSHER_CYCLES``.
     slew_fraction: in (0, 1]: trapezoids (events, constant readouts, slice selects) ramp with this fraction of
         the PNS-safe slew (:func:`pns_slew`): longer, gentler ramps where time allows.
     """
@@ -425,6 +426,8 @@ def export_seq(
         raise ConfigError(f"rf = {rf!r}, expected 'sinc' or 'block'")
     if not 0 < slew_fraction <= 1:
         raise ConfigError(f"slew_fraction = {slew_fraction}: expected a fraction of the slew limit in (0, 1]")
+    if crusher_cycles is None:
+        crusher_cycles = float((seq.info.protocol or {}).get("crusher_cycles", CRUSHER_CYCLES))
     if not 0 <= crusher_cycles <= 100:
         raise ConfigError(f"crusher_cycles = {crusher_cycles}: expected cycles across the slice in [0, 100]")
     opts = system_opts(system)

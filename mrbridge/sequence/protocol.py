@@ -28,10 +28,23 @@ from pydantic import (
 )
 
 from mrbridge.errors import ConfigError
+from mrbridge.sequence.undersampling import Undersampling, acs_problem
 from mrbridge.system import SYSTEMS_DIR
 from mrbridge.yamlfile import load_yaml
 
 KINDS = ("se", "gre", "tse", "bssfp", "irgre", "epi", "radial", "spiral")
+#: crushers around each refocusing pulse (SE, TSE) unless the protocol says otherwise: cycles across the slice
+CRUSHER_CYCLES = 4.0
+
+
+def _crusher_cycles() -> Any:
+    return Field(default=CRUSHER_CYCLES, ge=0, le=100,
+                 description="crushers before and after every refocusing pulse (equal lobes: CPMG kept), cycles "
+                             "across the slice thickness; 0 = none; `mrbridge export --crusher-cycles` overrides")
+
+
+def _crusher_axis() -> Any:
+    return Field(default="z", description="crusher direction: z, the slice axis (the only one the exporter crushes)")
 
 
 class ProtocolValueError(ValueError):
@@ -113,6 +126,8 @@ class SpinEchoProtocol(_ProtocolBase):
     rf_ms: float = Field(default=1.0, gt=0, le=100, description="excitation pulse duration")
     refocusing_rf_ms: float = Field(default=1.0, gt=0, le=100, description="refocusing pulse duration")
     spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
+    crusher_cycles: float = _crusher_cycles()
+    crusher_axis: Literal["z"] = _crusher_axis()
 
     @model_validator(mode="after")
     def _timing(self) -> SpinEchoProtocol:
@@ -136,10 +151,17 @@ class GreProtocol(_ProtocolBase):
     rf_spoiling_deg: float = Field(default=117.0, ge=0, lt=360, description="quadratic increment; 0 = off")
     dummies: int = Field(default=100, ge=0, le=100_000)
     spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
+    undersampling: Undersampling | None = Field(
+        default=None, description="accelerated: ACS centre + uniform / random lines (mrbridge.sequence.undersampling)"
+    )
 
     @model_validator(mode="after")
     def _timing(self) -> GreProtocol:
         _check_gre_timing(self, self.te_ms, self.tr_ms, "tr_ms")
+        problem = None if self.undersampling is None else acs_problem(self.matrix, self.undersampling)
+        if problem is not None:
+            assert self.undersampling is not None
+            raise ProtocolValueError("undersampling.acs_lines", self.undersampling.acs_lines, problem)
         return self
 
 
@@ -172,6 +194,8 @@ class TseProtocol(_ProtocolBase):
     rf_ms: float = Field(default=1.0, gt=0, le=100, description="excitation pulse duration")
     refocusing_rf_ms: float = Field(default=1.0, gt=0, le=100, description="refocusing pulse duration")
     spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
+    crusher_cycles: float = _crusher_cycles()
+    crusher_axis: Literal["z"] = _crusher_axis()
 
     @property
     def effective_echo(self) -> int:
@@ -453,7 +477,11 @@ def load_protocol(path: str | Path) -> Protocol:
 
 
 def with_matrix(protocol: Protocol, matrix: int) -> Protocol:
-    """The protocol re-validated with another matrix (ConfigError when its timing no longer fits)."""
+    """The protocol re-validated with another matrix (ConfigError when its timing no longer fits). An accelerated
+    protocol's ACS lines keep their share of the lines (at least 2)."""
     data = protocol.model_dump()
     data["matrix"] = matrix
+    if data.get("undersampling") is not None:
+        acs = data["undersampling"]["acs_lines"]
+        data["undersampling"]["acs_lines"] = min(max(round(acs * matrix / protocol.matrix), min(acs, 2)), matrix)
     return parse_protocol(data, f"protocol '{protocol._title()}' with matrix {matrix}")

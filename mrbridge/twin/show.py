@@ -1,4 +1,4 @@
-"""A one-page PNG of a twin: every map with its colourbar and unit, tissue histograms, and a text summary.
+"""A one-page PNG of a twin: every map (axes in mm) with its colourbar and unit, tissue histograms, and a summary.
 
 3D twins show their middle slice. T2′ is shown as the rate R2′ = 1/T2′ (1/s), which is finite where T2′ = inf.
 The summary lists shape, FOV, coils and, for calibrated twins, units, mask and cleaning counts from provenance.
@@ -40,6 +40,14 @@ def _panels(twin: Twin) -> list[np.ndarray]:
         r2dash = 1.0 / plane(twin.t2dash)
     rss = np.sqrt((np.abs(twin.coil_sens.detach().cpu().numpy()[:, z]) ** 2).sum(0))
     return [plane(twin.pd), plane(twin.t1), plane(twin.t2), r2dash, plane(twin.b0), plane(twin.b1), rss]
+
+
+def extent_mm(twin: Twin) -> tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) of a (y, x) map in mm from the grid centre: voxel i at
+    (i − n//2)·Δ, as in every mrbridge image."""
+    _, ny, nx = twin.shape
+    dx, dy = twin.fov[0] * 1e3 / nx, twin.fov[1] * 1e3 / ny
+    return ((-(nx // 2) - 0.5) * dx, (nx - nx // 2 - 0.5) * dx, (-(ny // 2) - 0.5) * dy, (ny - ny // 2 - 0.5) * dy)
 
 
 def summary_lines(twin: Twin) -> list[str]:
@@ -87,10 +95,12 @@ def show_twin(twin: Twin, png_path: str | Path) -> None:
             half = float(np.nanmax(np.abs(shown[tissue] - centre))) or 1.0
             kwargs = {"vmin": centre - half, "vmax": centre + half}
         image = ax.imshow(np.where(tissue | (short in ("PD", "|coils|")), shown, np.nan), cmap=cmap,
-                          origin="lower", **kwargs)
+                          origin="lower", extent=extent_mm(twin), **kwargs)
         ax.set_title(title, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_xlabel("x (mm)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.set_ylabel("y (mm)", fontsize=8)
         fig.colorbar(image, ax=ax, shrink=0.8).set_label(unit)
         hist = fig.add_subplot(grid[1, i])
         inside = values[tissue & np.isfinite(values)] if tissue.any() else values[np.isfinite(values)]

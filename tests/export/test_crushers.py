@@ -122,3 +122,26 @@ def test_crushers_suppress_the_fid_of_a_150_degree_refocusing_pulse(tmp_path, pr
     assert ratio[CRUSHER_CYCLES] < 0.02, ratio
     assert ratio[0.0] > 0.08, ratio
     assert ratio[0.0] > 10 * ratio[CRUSHER_CYCLES], ratio
+
+
+def test_the_protocol_states_the_crushers_and_the_export_follows_it(prisma, tmp_path) -> None:
+    """SE/TSE protocols carry crusher_cycles (default CRUSHER_CYCLES) and crusher_axis z; export without an explicit
+    crusher_cycles plays the protocol's, an explicit value overrides it; a negative area names the key."""
+    se = load_protocol(REPO / "protocols" / "se.yaml")
+    assert (se.crusher_cycles, se.crusher_axis) == (CRUSHER_CYCLES, "z")  # type: ignore[union-attr]
+    seq = build(se.model_copy(update={"crusher_cycles": 2.0}), matrix=8)
+    assert seq.info.protocol["crusher_cycles"] == 2.0
+    np.testing.assert_allclose(_z_around_refocusing(export_seq(seq, prisma, slice_thickness=THICKNESS).sequence),
+                               2.0 / THICKNESS, rtol=1e-6)
+    np.testing.assert_allclose(
+        _z_around_refocusing(export_seq(seq, prisma, slice_thickness=THICKNESS, crusher_cycles=6).sequence),
+        6.0 / THICKNESS, rtol=1e-6)
+    tse = build(load_protocol(REPO / "protocols" / "tse.yaml").model_copy(update={"crusher_cycles": 0.0}), matrix=16)
+    assert np.abs(_z_around_refocusing(export_seq(tse, prisma, slice_thickness=THICKNESS).sequence)).max() == 0.0
+    bad = tmp_path / "se.yaml"
+    bad.write_text((REPO / "protocols" / "se.yaml").read_text().replace("crusher_cycles: 4", "crusher_cycles: -1"))
+    with pytest.raises(ConfigError, match="crusher_cycles"):
+        load_protocol(bad)
+    bad.write_text((REPO / "protocols" / "se.yaml").read_text().replace("crusher_axis: z", "crusher_axis: x"))
+    with pytest.raises(ConfigError, match="crusher_axis"):
+        load_protocol(bad)

@@ -14,7 +14,15 @@ import torch
 
 from mrbridge.errors import InputError
 from mrbridge.recon.image import Image
-from mrbridge.recon.image_io import PNG_MIN_WIDTH, write_image_mrd, write_nifti, write_png
+from mrbridge.recon.image_io import (
+    PNG_MIN_WIDTH,
+    extent_mm,
+    image_figure,
+    write_figure_png,
+    write_image_mrd,
+    write_nifti,
+    write_png,
+)
 
 
 def example(complex_data: bool = True) -> Image:
@@ -75,3 +83,22 @@ def test_png_is_a_grayscale_montage(tmp_path: Path) -> None:
     assert np.allclose(png[..., 0], png[..., 1]) and np.allclose(png[..., 0], png[..., 2])
     assert png[..., 0].max() == pytest.approx(1.0)
     assert list(tmp_path.iterdir()) == [tmp_path / "img.png"]  # no temp files left
+
+
+def test_png_figure_has_mm_axes_and_a_colorbar(tmp_path: Path) -> None:
+    image = example()  # 6 slices of 8 × 6 voxels over 120 × 160 mm: voxels 20 × 20 mm
+    fig = image_figure(image)
+    panels = [ax for ax in fig.axes if ax.get_images() and ax.get_xlabel()]
+    assert len(panels) == 6
+    left, right, bottom, top = extent_mm((8, 6), image.fov)
+    assert (left, right, bottom, top) == pytest.approx((-70.0, 50.0, -90.0, 70.0))  # voxel i at (i − n//2)·20 mm
+    for ax in panels:
+        assert ax.get_xlim() == pytest.approx((left, right)) and ax.get_ylim() == pytest.approx((bottom, top))
+        assert "mm" in ax.get_xlabel() and "mm" in ax.get_ylabel()
+        assert ax.get_images()[0].get_clim() == pytest.approx((0.0, float(image.data.abs().max())))
+    colorbars = [ax for ax in fig.axes if ax.get_ylabel() == "magnitude (a.u.)"]
+    assert len(colorbars) == 1
+    write_figure_png(image, tmp_path / "fig.png")
+    png = matplotlib.image.imread(tmp_path / "fig.png")
+    assert png.shape[1] > 600 and png[..., :3].std() > 0.05
+    assert list(tmp_path.iterdir()) == [tmp_path / "fig.png"]

@@ -101,8 +101,8 @@ def test_roi_statistics_and_numbers(b1_pair: tuple[Path, CompareResult]) -> None
     assert len(record["inputs"]) == 3 and all(len(f["sha256"]) == 64 for f in record["inputs"])
     assert record["provenance"]["simulated"]["engine"] == "graph" and record["provenance"]["simulated"]["seed"] == "0"
     assert record["safety"] is None
-    assert {p.name for p in result.figures} == {"images.png", "profiles.png", "kspace_centre.png",
-                                                  "trajectory.png", "sequence.png"}
+    assert {p.name for p in result.figures} == {"images.png", "profiles.png", "kspace_centre.png", "kspace.png",
+                                                  "trajectory.png", "sequence.png"}  # no .seq: no waveforms.png
 
 
 def test_identical_inputs_compare_perfectly(b1_pair: tuple[Path, CompareResult], tmp_path: Path) -> None:
@@ -172,7 +172,8 @@ def test_real_scanner_data_against_its_simulation(tmp_path: Path) -> None:
     assert result.safety is not None and result.safety.checks
     assert result.metrics.dc_residual_meas is not None and result.metrics.dc_residual_meas < 1e-3
     dom = chromium_dom(result.index)
-    assert images_loaded(dom) == (len(result.figures), len(result.figures)) and len(result.figures) == 5
+    assert images_loaded(dom) == (len(result.figures), len(result.figures)) and len(result.figures) == 7
+    assert (tmp_path / "report" / "waveforms.png").is_file()  # the .seq's real waveforms
     assert "peak B1" in dom and f"{result.metrics.scale:.6g}" in dom and "prisma" in dom.lower()
     # both k-space-centre curves peak at the centre line, at the same time of the scan
     t_sim, s_sim = kspace_centre(read_raw(tmp_path / "sim.h5"))

@@ -1,0 +1,108 @@
+"""Where a refinement starts when no twin is given: the maps the measured data show directly.
+
+PD and the coils come from the first echo's image (the adjoint of the scan's own encoding on the twin grid), the
+object mask from its magnitude, B0 and T2′ from the first two echoes of a multi-echo scan (phase difference and
+magnitude decay), T1 and T2 from a tissue of ``calibration/phantoms/brain3t.yaml``, B1+ uniform.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mrbridge.errors import InputError
+from mrbridge.refine.scans import Grid, Scan
+from mrbridge.twin.phantoms import brain_table
+from mrbridge.twin.twin import Twin
+
+#: object mask: |image| above this fraction of its 99th percentile (then dilated by one voxel)
+MASK_FRACTION = 0.1
+#: smoothing (voxels, Gaussian σ) of the starting B0 and coil maps
+SMOOTH_SIGMA = 1.5
+
+
+def positions(grid: Grid) -> torch.Tensor:
+    """Voxel centres (i − n//2)·Δ of the grid's one slice, as the simulators place them. Returns (y·x, 2) m."""
+    n = grid.matrix
+    dx, dy = grid.fov[0] / n, grid.fov[1] / n
+    y, x = torch.meshgrid((torch.arange(n) - n // 2) * dy, (torch.arange(n) - n // 2) * dx, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1).to(torch.float64)
+
+
+def adjoint_image(kdata: torch.Tensor, traj: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Σ_k y_k e^{+i2π k·r} / K on the grid: the inverse DFT for a full Cartesian window.
+
+    kdata: (coils, K) complex;  traj: (K, 3) 1/m.  Returns (coils, y, x) complex64.
+    """
+    r = positions(grid)
+    out = torch.zeros((kdata.shape[0], r.shape[0]), dtype=torch.complex128)
+    for start in range(0, traj.shape[0], 4096):
+        k = traj[start:start + 4096, :2].to(torch.float64)
+        out += kdata[:, start:start + 4096].to(torch.complex128) @ torch.exp(2j * math.pi * (k @ r.T))
+    return (out / max(traj.shape[0], 1)).reshape(kdata.shape[0], grid.matrix, grid.matrix).to(torch.complex64)
+
+
+def smooth(values: torch.Tensor, mask: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
+    """Gaussian smoothing inside ``mask`` only (normalised convolution). values: (…, y, x) real or complex."""
+    radius = max(1, math.ceil(3 * sigma))
+    g = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+    kernel = (g[:, None] * g[None, :])[None, None]
+
+    def blur(m: torch.Tensor) -> torch.Tensor:
+        flat = m.reshape(-1, 1, *m.shape[-2:]).to(torch.float64)
+        return F.conv2d(flat, kernel, padding=radius).reshape(m.shape)
+
+    weight = blur(mask.to(torch.float64)).clamp_min(1e-12)
+    if values.is_complex():
+        return torch.complex(blur(values.real * mask), blur(values.imag * mask)) / weight
+    return blur(values * mask) / weight
+
+
+def object_mask(magnitude: torch.Tensor) -> torch.Tensor:
+    """(y, x) bool: the object, |image| > MASK_FRACTION of its 99th percentile, dilated by one voxel."""
+    inside = magnitude > MASK_FRACTION * torch.quantile(magnitude.flatten().to(torch.float64), 0.99).item()
+    return F.max_pool2d(inside[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+
+
+def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Twin:
+    """The starting twin from the data (see the module docstring); its provenance says where each map came from."""
+    first = scans[0]
+    images = [adjoint_image(first.kdata[:, first.contrast == c], first.traj[first.contrast == c], grid)
+              for c in sorted(set(first.contrast.tolist()))]
+    rss = images[0].abs().square().sum(0).sqrt()
+    mask = object_mask(rss)
+    table = brain_table().tissues
+    if tissue not in table or table[tissue].t1_ms is None:
+        usable = [n for n, t in table.items() if t.t1_ms is not None]
+        raise InputError(f"--tissue {tissue!r}: expected one of {', '.join(usable)} "
+                         "(calibration/phantoms/brain3t.yaml)")
+    values = table[tissue]
+    t2 = 1e-3 * float(values.t2_ms or 100.0)
+    r2dash = torch.full_like(rss, float(values.r2dash_per_s or 1.0), dtype=torch.float64)
+    b0 = torch.zeros_like(r2dash)
+    te = first.echo_times
+    notes = {"pd": f"first echo of {first.name}", "t1_t2": f"tissue '{tissue}' of brain3t.yaml", "b1": "uniform 1"}
+    if len(images) >= 2 and len(te) >= 2 and te[1] > te[0]:
+        dte = te[1] - te[0]
+        product = (images[1] * images[0].conj()).sum(0)
+        b0 = smooth(torch.angle(product).to(torch.float64), mask) / (2 * math.pi * dte)
+        ratio = rss / images[1].abs().square().sum(0).sqrt().clamp_min(1e-12 * float(rss.max()))
+        r2star = torch.log(ratio.clamp_min(1.0)).to(torch.float64) / dte
+        r2dash = (r2star - 1 / t2).clamp(0.5, 500.0)
+        notes["b0_t2dash"] = f"echoes 1 and 2 of {first.name} (ΔTE {1e3 * dte:.3g} ms)"
+    te1 = te[0] if te else 0.0
+    unwind = torch.exp(-2j * math.pi * b0 * te1).to(torch.complex64)
+    sens = smooth(images[0] / rss.clamp_min(1e-12 * float(rss.max())), mask) * unwind
+    sens = sens / sens.abs().square().sum(0).sqrt().clamp_min(1e-12)
+    pd = torch.where(mask, rss.to(torch.float64) * torch.exp(r2dash * te1), torch.zeros_like(r2dash))
+    pd = pd / pd.max().clamp_min(1e-30)
+    shape = (1, grid.matrix, grid.matrix)
+    twin = Twin.from_maps(
+        pd.reshape(shape).float(), torch.full(shape, 1e-3 * float(values.t1_ms or 1000.0)), torch.full(shape, t2),
+        grid.fov, t2dash=(1 / r2dash).reshape(shape).float(), b0=b0.reshape(shape).float(),
+        coil_sens=torch.where(mask, sens, torch.ones_like(sens)).reshape(sens.shape[0], *shape).to(torch.complex64),
+    )
+    twin.provenance["refine_start"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
+    return twin
