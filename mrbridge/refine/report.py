@@ -4,20 +4,20 @@ against simulated images and k-space of every scan, on the twin's grid (mm axes,
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import jinja2
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mrbridge.atomic import atomic_write_bytes, atomic_write_text
+from mrbridge.atomic import atomic_write_text
+from mrbridge.recon.image_io import extent_mm
 from mrbridge.refine.fit import RefineResult
 from mrbridge.refine.scans import Grid, Scan
 from mrbridge.refine.start import adjoint_image
+from mrbridge.report.figures import save_figure
 from mrbridge.report.html import versions
 from mrbridge.twin.twin import Twin
 
@@ -31,26 +31,12 @@ def shown_maps(twin: Twin) -> dict[str, np.ndarray]:
     return {k: v[0].detach().to(torch.float64).clamp(max=1e5).numpy() for k, v in maps.items()}
 
 
-def _save(fig: Figure, path: Path) -> str:
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path.name
-
-
-def _extent(grid: Grid) -> tuple[float, float, float, float]:
-    """imshow extent in mm of the grid (voxel centres at (i − n//2)·Δ)."""
-    n = grid.matrix
-    dx, dy = 1e3 * grid.fov[0] / n, 1e3 * grid.fov[1] / n
-    return (-(n // 2 + 0.5) * dx, (n - n // 2 - 0.5) * dx, -(n // 2 + 0.5) * dy, (n - n // 2 - 0.5) * dy)
-
-
 def map_figure(start: Twin, refined: Twin, mask: np.ndarray, fitted: list[str], grid: Grid, path: Path) -> str:
     """Rows: the fitted maps (and PD); columns: start, refined, refined − start."""
     names = {"pd": "PD", "b0": "B0 (Hz)", "b1": "B1+", "t2dash": "T2' (ms)", "t1": "T1 (ms)", "t2": "T2 (ms)"}
     rows = [names[n] for n in names if n in fitted or n == "pd"]
     before, after = shown_maps(start), shown_maps(refined)
+    extent = extent_mm((grid.matrix, grid.matrix), grid.fov)
     fig = Figure(figsize=(12, 3.4 * len(rows)))
     for r, name in enumerate(rows):
         a, b = np.where(mask, before[name], np.nan), np.where(mask, after[name], np.nan)
@@ -60,15 +46,15 @@ def map_figure(start: Twin, refined: Twin, mask: np.ndarray, fitted: list[str], 
             ax = fig.add_subplot(len(rows), 3, 3 * r + c + 1)
             if c == 2:
                 span = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
-                im = ax.imshow(data, origin="lower", cmap=cmap, vmin=-span, vmax=span, extent=_extent(grid))
+                im = ax.imshow(data, origin="lower", cmap=cmap, vmin=-span, vmax=span, extent=extent)
             else:
-                im = ax.imshow(data, origin="lower", cmap=cmap, vmin=lo, vmax=hi, extent=_extent(grid))
+                im = ax.imshow(data, origin="lower", cmap=cmap, vmin=lo, vmax=hi, extent=extent)
             ax.set_title(f"{name}: {title}", fontsize=9)
             ax.set_xlabel("x (mm)", fontsize=8)
             ax.set_ylabel("y (mm)", fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path).name
 
 
 def residual_figure(history: list[dict[str, float]], scans: list[Scan], path: Path) -> str:
@@ -83,12 +69,13 @@ def residual_figure(history: list[dict[str, float]], scans: list[Scan], path: Pa
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path).name
 
 
 def scan_figure(scan: Scan, simulated: torch.Tensor, grid: Grid, path: Path) -> str:
     """Per contrast: |measured|, |simulated|, |difference| images (same scale) and log|k| of both."""
     contrasts = sorted(set(scan.contrast.tolist()))
+    extent = extent_mm((grid.matrix, grid.matrix), grid.fov)
     fig = Figure(figsize=(17, 3.3 * len(contrasts)))
     for row, c in enumerate(contrasts):
         pick = scan.contrast == c
@@ -102,7 +89,7 @@ def scan_figure(scan: Scan, simulated: torch.Tensor, grid: Grid, path: Path) -> 
         panels = ((meas, "measured", top), (sim_mag, "simulated", top), (diff, "|difference|", top / 5))
         for col, (data, title, vmax) in enumerate(panels):
             ax = fig.add_subplot(len(contrasts), 5, 5 * row + col + 1)
-            im = ax.imshow(data, origin="lower", cmap="gray", vmin=0, vmax=vmax, extent=_extent(grid))
+            im = ax.imshow(data, origin="lower", cmap="gray", vmin=0, vmax=vmax, extent=extent)
             ax.set_title(f"{title}, TE {1e3 * te:.3g} ms", fontsize=9)
             ax.set_xlabel("x (mm)", fontsize=8)
             ax.set_ylabel("y (mm)", fontsize=8)
@@ -116,7 +103,7 @@ def scan_figure(scan: Scan, simulated: torch.Tensor, grid: Grid, path: Path) -> 
             fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(scan.name)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path).name
 
 
 def write_report(folder: Path, scans: list[Scan], result: RefineResult, grid: Grid) -> Path:

@@ -59,7 +59,6 @@ class Scan:
     name: str
     meas_path: Path
     seq_path: Path
-    raw: RawData
     encoding: SeqReadouts
     sequence: Sequence
     window: torch.Tensor
@@ -118,7 +117,7 @@ def window_scan(meas: str | Path, seq: str | Path, raw: RawData, encoding: SeqRe
     mask = torch.from_numpy(window)
     contrast = raw.labels.get("contrast", torch.zeros(raw.readouts, dtype=torch.int64))
     return Scan(
-        name=Path(meas).name, meas_path=Path(meas), seq_path=Path(seq), raw=raw, encoding=encoding,
+        name=Path(meas).name, meas_path=Path(meas), seq_path=Path(seq), encoding=encoding,
         sequence=windowed(import_seq(seq), mask.reshape(-1)), window=mask,
         kdata=kdata[:, mask].to(torch.complex64), traj=torch.from_numpy(encoding.traj[window].astype(np.float32)),
         contrast=contrast[:, None].expand(-1, raw.samples)[mask],

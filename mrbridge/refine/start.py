@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mrbridge.errors import InputError
+from mrbridge.recon.operators import NonCartesianOp
 from mrbridge.refine.scans import Grid, Scan
 from mrbridge.twin.phantoms import brain_table
 from mrbridge.twin.twin import Twin
@@ -23,25 +24,13 @@ MASK_FRACTION = 0.1
 SMOOTH_SIGMA = 1.5
 
 
-def positions(grid: Grid) -> torch.Tensor:
-    """Voxel centres (i − n//2)·Δ of the grid's one slice, as the simulators place them. Returns (y·x, 2) m."""
-    n = grid.matrix
-    dx, dy = grid.fov[0] / n, grid.fov[1] / n
-    y, x = torch.meshgrid((torch.arange(n) - n // 2) * dy, (torch.arange(n) - n // 2) * dx, indexing="ij")
-    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1).to(torch.float64)
-
-
 def adjoint_image(kdata: torch.Tensor, traj: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Σ_k y_k e^{+i2π k·r} / K on the grid: the inverse DFT for a full Cartesian window.
+    """Eᴴy on the grid with the recon's own non-Cartesian operator (the inverse DFT for a full Cartesian window).
 
     kdata: (coils, K) complex;  traj: (K, 3) 1/m.  Returns (coils, y, x) complex64.
     """
-    r = positions(grid)
-    out = torch.zeros((kdata.shape[0], r.shape[0]), dtype=torch.complex128)
-    for start in range(0, traj.shape[0], 4096):
-        k = traj[start:start + 4096, :2].to(torch.float64)
-        out += kdata[:, start:start + 4096].to(torch.complex128) @ torch.exp(2j * math.pi * (k @ r.T))
-    return (out / max(traj.shape[0], 1)).reshape(kdata.shape[0], grid.matrix, grid.matrix).to(torch.complex64)
+    op = NonCartesianOp(traj, (1, grid.matrix, grid.matrix), grid.fov)
+    return op.adjoint(kdata.to(torch.complex64))[:, 0].to(torch.complex64)
 
 
 def smooth(values: torch.Tensor, mask: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:

@@ -28,7 +28,8 @@ _MAX_GAP_S = 2e-3
 _HZ_PER_MT = 42.577478e6 * 1e-3
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically; returns the path."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -78,7 +79,7 @@ def image_panels(sim_scaled: np.ndarray, meas: np.ndarray, mask: np.ndarray, pat
         if i == 0:
             ax.set_ylabel("y, phase (mm)")
         fig.colorbar(shown, ax=ax, shrink=0.8).set_label(unit)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def line_profiles(sim_scaled: np.ndarray, meas: np.ndarray, path: str | Path, *,
@@ -104,7 +105,7 @@ def line_profiles(sim_scaled: np.ndarray, meas: np.ndarray, path: str | Path, *,
         ax.set_xlabel(label)
         ax.set_ylabel("magnitude (a.u.)")
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def kspace_panels(sim: KspacePlane, meas: KspacePlane, scale: float, path: str | Path, *,
@@ -134,7 +135,7 @@ def kspace_panels(sim: KspacePlane, meas: KspacePlane, scale: float, path: str |
         fig.colorbar(shown, ax=axes[2], shrink=0.8).set_label("decades")
     else:
         fig.suptitle("the two k-spaces lie on different grids: no difference drawn")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _kspace_image(plane: KspacePlane) -> dict[str, object]:
@@ -178,7 +179,7 @@ def signal_curves(sim: RawData, meas: RawData, scale: float, path: str | Path) -
     ax.set_ylabel("|k-space centre| (RSS over coils)")
     ax.set_title("per-readout k-space-centre signal")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def trajectory(traj: torch.Tensor, path: str | Path, *, max_readouts: int = 512) -> Path:
@@ -195,7 +196,7 @@ def trajectory(traj: torch.Tensor, path: str | Path, *, max_readouts: int = 512)
     ax.set_xlabel("kx (1/m)")
     ax.set_ylabel("ky (1/m)")
     ax.set_title("k-space trajectory" + (f" (every {step}th readout)" if step > 1 else ""))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sequence_diagram(seq: Sequence, path: str | Path, *, repetitions: int = 3) -> Path:
@@ -241,7 +242,7 @@ def sequence_diagram(seq: Sequence, path: str | Path, *, repetitions: int = 3) -
     twin.set_ylabel("net moment (1/m)")
     twin.legend(loc="upper right", fontsize="small")
     fig.suptitle(f"sequence '{seq.info.name}': {len(seq)} repetitions, {seq.adc_count} ADC samples")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def seq_waveforms(waves: SeqWaveforms, path: str | Path, *, title: str) -> Path:
@@ -271,7 +272,7 @@ def seq_waveforms(waves: SeqWaveforms, path: str | Path, *, title: str) -> Path:
     axes[5].set_xlabel(f"time from the start of the sequence (ms); window {start * ms:.4g}–{end * ms:.4g} ms of "
                        f"{waves.duration * ms:.6g} ms")
     fig.suptitle(f"{title}: the waveforms the file plays (read with pypulseq), ADC windows shaded")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 #: loss columns of a history, drawn in this order; the total ("loss") last, on top
@@ -311,4 +312,4 @@ def optimization_history(rows: list[dict[str, float]], path: str | Path) -> Path
         sub.tick_params(labelsize=7)
         if i == len(params) - 1:
             sub.set_xlabel("step")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mrbridge.atomic import atomic_path
+from mrbridge.recon.image_io import extent_mm
 from mrbridge.twin.twin import Twin
 
 #: (title, short name, unit, colour map) of each map panel
@@ -40,14 +41,6 @@ def _panels(twin: Twin) -> list[np.ndarray]:
         r2dash = 1.0 / plane(twin.t2dash)
     rss = np.sqrt((np.abs(twin.coil_sens.detach().cpu().numpy()[:, z]) ** 2).sum(0))
     return [plane(twin.pd), plane(twin.t1), plane(twin.t2), r2dash, plane(twin.b0), plane(twin.b1), rss]
-
-
-def extent_mm(twin: Twin) -> tuple[float, float, float, float]:
-    """imshow extent (left, right, bottom, top) of a (y, x) map in mm from the grid centre: voxel i at
-    (i − n//2)·Δ, as in every mrbridge image."""
-    _, ny, nx = twin.shape
-    dx, dy = twin.fov[0] * 1e3 / nx, twin.fov[1] * 1e3 / ny
-    return ((-(nx // 2) - 0.5) * dx, (nx - nx // 2 - 0.5) * dx, (-(ny // 2) - 0.5) * dy, (ny - ny // 2 - 0.5) * dy)
 
 
 def summary_lines(twin: Twin) -> list[str]:
@@ -95,7 +88,7 @@ def show_twin(twin: Twin, png_path: str | Path) -> None:
             half = float(np.nanmax(np.abs(shown[tissue] - centre))) or 1.0
             kwargs = {"vmin": centre - half, "vmax": centre + half}
         image = ax.imshow(np.where(tissue | (short in ("PD", "|coils|")), shown, np.nan), cmap=cmap,
-                          origin="lower", extent=extent_mm(twin), **kwargs)
+                          origin="lower", extent=extent_mm(twin.shape, twin.fov), **kwargs)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("x (mm)", fontsize=8)
         ax.tick_params(labelsize=7)
