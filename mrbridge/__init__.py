@@ -8,7 +8,8 @@ Types: ``Sequence`` (``from_protocol``, ``from_seq``, ``from_file``), ``Twin`` (
 
 Verbs: ``simulate`` (Sequence + Twin → RawData), ``simulate_seq_file`` (a ``.seq``, labelled as the scanner's
 data), ``export`` (Sequence + System → Pulseq) with ``write_pulseq`` and ``check_safety``, ``compare``,
-``read_raw``, ``write_mrd``, ``build`` + ``load_protocol``, ``builtin`` / ``open_twin``, ``calibrate`` (maps → Twin).
+``read_raw``, ``write_mrd``, ``build`` + ``load_protocol``, ``builtin`` / ``open_twin``, ``calibrate`` (maps → Twin),
+``refine`` with its ``RefineConfig`` (measured raw data + their ``.seq`` → a refined Twin).
 
 Examples
 --------
@@ -52,14 +53,16 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "builtin": ("mrbridge.twin.phantoms", "builtin"),
     "open_twin": ("mrbridge.twin.phantoms", "open_twin"),
     "calibrate": ("mrbridge.twin.calibrate", "calibrate"),
+    "refine": ("mrbridge.refinement.run", "refine"),
+    "RefineConfig": ("mrbridge.refinement.fit", "RefineConfig"),
     # errors a caller may catch
     "MrbridgeError": ("mrbridge.errors", "MrbridgeError"),
 }
 
 __all__ = [  # the names of _EXPORTS (tests/test_api.py checks that they agree)
-    "Image", "MrbridgeError", "RawData", "Recon", "ReconConfig", "Sequence", "System", "Twin", "__version__", "build",
-    "builtin", "calibrate", "check_safety", "compare", "export", "load_protocol", "open_twin", "read_raw", "simulate",
-    "simulate_seq_file", "write_mrd", "write_pulseq",
+    "Image", "MrbridgeError", "RawData", "Recon", "ReconConfig", "RefineConfig", "Sequence", "System", "Twin",
+    "__version__", "build", "builtin", "calibrate", "check_safety", "compare", "export", "load_protocol", "open_twin",
+    "read_raw", "refine", "simulate", "simulate_seq_file", "write_mrd", "write_pulseq",
 ]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on demand
@@ -69,6 +72,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from mrbridge.raw.read import read_raw
     from mrbridge.recon.image import Image
     from mrbridge.recon.pipeline import Recon, ReconConfig
+    from mrbridge.refinement.fit import RefineConfig
+    from mrbridge.refinement.run import refine
     from mrbridge.report.compare import compare
     from mrbridge.sequence.builders import build
     from mrbridge.sequence.export import export_seq as export

@@ -107,8 +107,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (an empty file); on success rename it onto ``path``, on error
     remove it. Temporary files of killed writes in the folder are removed first.
 
-    >>> with atomic_path("out.h5") as tmp:  # doctest: +SKIP
-    ...     write_hdf5(tmp)
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "out.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("all or nothing")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('all or nothing', ['out.txt'])
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

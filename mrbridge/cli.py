@@ -306,17 +306,18 @@ def refine(
     iterations: Annotated[int, typer.Option(help="Simulations with gradient (L-BFGS evaluations).")] = 200,
     tissue: Annotated[str, typer.Option(help="brain3t.yaml tissue giving the start's T1/T2.")] = "grey_matter",
     free_scale: Annotated[bool, typer.Option(help="One intensity scale per scan.")] = False,
+    smoothness: Annotated[float, typer.Option(help="Weight of the B0/B1+/coil smoothness penalty.")] = 1e-3,
     resume: Annotated[bool, typer.Option(help="Continue a killed refinement from its checkpoint.")] = False,
 ) -> None:
     """Fit a twin to measured raw data through the differentiable simulation of each scan's .seq."""
-    from mrbridge.refine.fit import RefineConfig
-    from mrbridge.refine.identifiable import parse_fit
-    from mrbridge.refine.run import refine as run_refine
+    from mrbridge.refinement.fit import RefineConfig
+    from mrbridge.refinement.identifiable import parse_fit
+    from mrbridge.refinement.run import refine as run_refine
 
     check_outputs({"-o": output}, {**{f"--meas {m}": m for m in meas}, **{f"--seq {s}": s for s in seq}},
                   folders=["-o"])
-    _check_numbers(matrix=(matrix, 8, 1024), iterations=(iterations, 1, 1e6))
-    config = RefineConfig(fit=parse_fit(fit), iterations=iterations, free_scale=free_scale)
+    _check_numbers(matrix=(matrix, 8, 1024), iterations=(iterations, 1, 1e6), smoothness=(smoothness, 0, 1e6))
+    config = RefineConfig(fit=parse_fit(fit), iterations=iterations, free_scale=free_scale, smoothness=smoothness)
     done = run_refine(meas, seq, output, config, twin=twin, matrix=matrix, tissue=tissue, resume=resume,
                       progress=False if _state["quiet"] else None)
     for note in done.notes:
@@ -592,6 +593,9 @@ def compare(
     seq_window_ms: Annotated[
         str | None, typer.Option(help="START,END (ms) of the .seq waveforms drawn [default: two repetitions].")
     ] = None,
+    matrix: Annotated[
+        int | None, typer.Option(help="Compare at the resolution of N×N (both band-limited), e.g. a refined twin's.")
+    ] = None,
 ) -> None:
     """Report simulation against measurement, both through the same Recon; warn when the comparison means little.
 
@@ -601,13 +605,17 @@ def compare(
 
     check_outputs({"-o": output}, {"--sim": sim, "--meas": meas, "--seq": seq}, folders=["-o"])
     window = _window_ms(seq_window_ms)
+    _check_numbers(matrix=(matrix, 4, 1024))
     with _working("comparing"):
         result = run_compare(sim, meas, output, seq_path=seq, bundle=bundle, twin_path=twin, system=system,
-                             seq_window=window)
+                             seq_window=window, matrix=matrix)
     m = result.metrics
     out.print(f"scale {m.scale:.4g}  NRMSE {m.nrmse:.4f}  SSIM {m.ssim:.4f}  PSNR {m.psnr_db:.2f} dB")
     for note in result.notes:
         out.print(f"note: {note}", markup=False, highlight=False)
+    if result.role == "prediction":
+        corr = "n/a" if m.correlation is None else f"{m.correlation:.4f}"
+        out.print(f"prediction of the held-out scan: correlation {corr}, NRMSE {m.nrmse:.4f}", highlight=False)
     for warning in result.warnings:
         out.print(f"warning: {warning}", markup=False, highlight=False)
     out.print(f"wrote {result.index}")
@@ -671,11 +679,13 @@ def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("out/demo"),
     matrix: Annotated[int, typer.Option(help="Matrix size.")] = 64,
 ) -> None:
-    """The whole loop on the built-in brain twin: simulate GRE/SE, optimize, export, simulate, recon, compare."""
+    """The whole loop on the built-in brain twin: simulate GRE/SE, optimize, export, simulate, recon, compare,
+    refine."""
     from mrbridge.demo import run_demo
 
     with _working("running the demo"):
-        paths = run_demo(output, matrix=matrix, progress=False)
+        paths = run_demo(output, matrix=matrix, progress=False,
+                         say=lambda line: out.print(line, markup=False, highlight=False))
     for path in paths:
         out.print(str(path))
 

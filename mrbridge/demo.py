@@ -5,41 +5,56 @@
 3. export the bundle to a Pulseq ``.seq`` (generic 3T, safety-checked);
 4. simulate that ``.seq`` twice: with the fast graph engine on the twin ("simulation"), and with the
    isochromat Bloch engine on the twin with B1+ scaled by 0.9 plus noise (a stand-in for the scanner);
-5. reconstruct both with the bundle's recon and write the comparison report.
+5. reconstruct both with the bundle's recon and write the comparison report;
+6. refine the twin's PD and B1+ from the scanner stand-in (the return path): its scan of the optimized ``.seq``
+   and of a reference FLASH at 60° (the optimized angles, ~6°, leave B1+ and PD all but interchangeable), and
+   say how much of the B1+ error the refined twin recovered.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from mrbridge.errors import MrbridgeError
+from mrbridge.optimize.task import load_task
 from mrbridge.optimize.trainer import optimize
 from mrbridge.raw.mrd import read_mrd, write_mrd
 from mrbridge.recon.image_io import write_png
 from mrbridge.recon.pipeline import Recon, ReconConfig
+from mrbridge.refinement.fit import RefineConfig
+from mrbridge.refinement.run import refine
 from mrbridge.report.compare import compare
 from mrbridge.sequence.builders import build
 from mrbridge.sequence.export import export_seq, write_pulseq
 from mrbridge.sequence.import_seq import import_seq
 from mrbridge.sequence.model import Sequence
 from mrbridge.sequence.protocol import load_protocol, parse_protocol
-from mrbridge.sequence.safety import check_safety
+from mrbridge.sequence.safety import SafetyReport, check_safety
 from mrbridge.sim.simulate import simulate
 from mrbridge.system import System
 from mrbridge.twin.phantoms import builtin
+from mrbridge.twin.twin import Twin
 
 PROTOCOLS = Path(__file__).resolve().parent.parent / "protocols"
-#: the scanner stand-in's B1+ error and noise
+#: the scanner stand-in's B1+ error, noise, and isochromats per voxel (Bloch engine)
 MEASURED_B1_SCALE = 0.9
 MEASURED_NOISE = 0.01
+MEASURED_SPINS = 4096
+#: the reference scan's flip angle (the task's FLASH otherwise) and the refinement's L-BFGS evaluations
+REFERENCE_FLIP_DEG = 60.0
+REFINE_ITERATIONS = 40
 
 
 def run_demo(folder: str | Path, *, matrix: int = 64, noise: float = 0.005, seed: int = 0,
-             progress: bool | None = None) -> list[Path]:
-    """Run the whole loop into ``folder``; returns the paths written, the report's ``index.html`` last."""
+             progress: bool | None = None, say: Callable[[str], None] = lambda line: None) -> list[Path]:
+    """Run the whole loop into ``folder``; returns the paths written, the report's ``index.html`` last.
+
+    ``say`` receives the refinement's one-line outcome.
+    """
     folder = Path(folder)
-    return [*_simulate_builtins(folder, matrix, noise, seed), *_loop(folder, seed, progress)]
+    return [*_simulate_builtins(folder, matrix, noise, seed), *_loop(folder, seed, progress, say)]
 
 
 def _simulate_builtins(folder: Path, matrix: int, noise: float, seed: int) -> list[Path]:
@@ -62,25 +77,61 @@ def _simulate_builtins(folder: Path, matrix: int, noise: float, seed: int) -> li
     return written
 
 
-def _loop(folder: Path, seed: int, progress: bool | None) -> list[Path]:
-    """optimize → export → simulate (graph; Bloch on a B1-perturbed twin) → recon → compare."""
+def _loop(folder: Path, seed: int, progress: bool | None, say: Callable[[str], None]) -> list[Path]:
+    """optimize → export → simulate (graph; Bloch on a B1-perturbed twin) → recon → compare → refine."""
     bundle, system = folder / "run", System.load("generic3t")
     optimize(PROTOCOLS / "demo_gre_sar.yaml", bundle, resume=bundle.exists(), progress=progress)  # rerun: continue
-    exported = export_seq(Sequence.load(bundle / "sequence.json"), system)
-    safety = check_safety(exported.pulseq, system)
-    if not safety.passed:
-        raise MrbridgeError("demo: the optimized sequence failed safety: "
-                            + "; ".join(str(c) for c in safety.failures()))
     seq_path = bundle / "sequence.seq"
-    write_pulseq(exported.pulseq, seq_path)
-    safety.save(bundle / "safety.json")
+    _export(Sequence.load(bundle / "sequence.json"), system, seq_path).save(bundle / "safety.json")
 
     played = import_seq(seq_path)
     twin = builtin("brain", matrix=played.info.matrix[0])
     sim_path, meas_path = folder / "loop_sim.h5", folder / "loop_meas.h5"
     write_mrd(simulate(played, twin, engine="graph"), sim_path)
     scanner = replace(twin, b1=MEASURED_B1_SCALE * twin.b1)
-    write_mrd(simulate(played, scanner, engine="bloch", spins=4096, noise=MEASURED_NOISE, seed=seed), meas_path)
+    _measure(seq_path, scanner, meas_path, seed)
     result = compare(sim_path, meas_path, folder / "report", seq_path=seq_path, bundle=bundle,
                      twin_path="builtin:brain", system="generic3t")
-    return [bundle, seq_path, sim_path, meas_path, result.index]
+
+    protocol = load_task(PROTOCOLS / "demo_gre_sar.yaml").protocol
+    reference = parse_protocol({**protocol.model_dump(), "flip_angle_deg": REFERENCE_FLIP_DEG},
+                               source="demo reference scan")
+    ref_seq, ref_meas = folder / "loop_ref.seq", folder / "loop_ref_meas.h5"
+    _export(build(reference), system, ref_seq)
+    _measure(ref_seq, scanner, ref_meas, seed + 1)
+    report = _refine(folder / "refined", twin, [meas_path, ref_meas], [seq_path, ref_seq], progress, say)
+    return [bundle, seq_path, sim_path, meas_path, ref_seq, ref_meas, report, result.index]
+
+
+def _export(sequence: Sequence, system: System, path: Path) -> SafetyReport:
+    """Export ``sequence`` for ``system`` to the Pulseq file ``path``; MrbridgeError when it fails safety."""
+    exported = export_seq(sequence, system)
+    safety = check_safety(exported.pulseq, system)
+    if not safety.passed:
+        raise MrbridgeError(f"demo: {path.name} failed safety: " + "; ".join(str(c) for c in safety.failures()))
+    write_pulseq(exported.pulseq, path)
+    return safety
+
+
+def _measure(seq_path: Path, scanner: Twin, path: Path, seed: int) -> None:
+    """The scanner stand-in: the Bloch engine plays ``seq_path`` on ``scanner`` with noise into ``path``."""
+    raw = simulate(import_seq(seq_path), scanner, engine="bloch", spins=MEASURED_SPINS, noise=MEASURED_NOISE,
+                   seed=seed)
+    write_mrd(raw, path)
+
+
+def _refine(out: Path, twin: Twin, meas: list[Path], seqs: list[Path], progress: bool | None,
+            say: Callable[[str], None]) -> Path:
+    """Refine PD and B1+ of ``twin`` (builtin:brain) from the stand-in's scans into ``out``; ``say`` the B1+ factor
+    recovered (median of refined/twin B1+ in the brain) and each scan's residual before → after. Returns the
+    refinement report's path."""
+    done = refine(meas, seqs, out, RefineConfig(fit=["pd", "b1"], iterations=REFINE_ITERATIONS),
+                  twin="builtin:brain", matrix=twin.shape[-1], resume=out.exists(),  # rerun: the finished fit
+                  progress=progress)
+    brain = twin.pd > 0
+    factor = float((done.result.twin.b1[brain] / twin.b1[brain]).median())
+    first = done.result.history[0]
+    residuals = ", ".join(f"{first[f'res_{i}']:.3f} → {r:.3f} ({name})"
+                          for i, (name, r) in enumerate(done.result.residuals.items()))
+    say(f"refine: B1+ recovered × {factor:.3f} (truth × {MEASURED_B1_SCALE:g}) in the brain, residual {residuals}")
+    return done.report

@@ -40,8 +40,13 @@ def _describe(holder: dict[str, Any] | None) -> str:
 class RunLock:
     """The lock of run folder ``folder`` (created if needed); ``acquire`` it, ``release`` it (or use ``with``).
 
-    >>> with RunLock("runs/gre0", resume=True):  # doctest: +SKIP
-    ...     train()
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp()) / "gre0"
+    >>> with RunLock(run):
+    ...     RunLock(run).acquire()  # a second run into the same folder is refused
+    Traceback (most recent call last):
+    ...
+    mrbridge.errors.InputError: ...
     """
 
     def __init__(self, folder: str | Path, *, resume: bool = False) -> None:

@@ -89,11 +89,20 @@ def test_twin_and_rawdata_front_doors_round_trip(tmp_path: Path) -> None:
         mb.RawData.from_file(tmp_path / "meas.dat")
 
 
-@pytest.mark.parametrize("module", ["mrbridge", "mrbridge.sequence.model", "mrbridge.twin.twin"])
-def test_front_door_docstring_examples_run(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+#: every module whose docstrings hold an example (>>>)
+EXAMPLES = sorted(".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                  for path in (REPO / "mrbridge").rglob("*.py") if ">>> " in path.read_text())
+
+#: modules whose only examples need input files, a GPU-sized run or a server (marked ``doctest: +SKIP``)
+SKIPPED_EXAMPLES = {"mrbridge.gadget.server", "mrbridge.optimize.trainer", "mrbridge.twin.calibrate"}
+
+
+@pytest.mark.parametrize("module", EXAMPLES)
+def test_docstring_examples_run(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)  # the examples name protocols/… from the repository root
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0, result
+    assert result.failed == 0, result
+    assert result.attempted > 0 or module in SKIPPED_EXAMPLES  # what needs files or a server is skipped
 
 
 def test_build_writes_the_sequence_json_of_the_protocol(tmp_path: Path) -> None:

@@ -153,11 +153,20 @@ def test_export_refuses_an_unsafe_tse_with_exit_1(tmp_path: Path) -> None:
 def test_demo_runs_the_whole_loop_and_the_report_sees_the_b1_error(tmp_path: Path) -> None:
     import json
 
+    from mrbridge.twin.phantoms import builtin
+
     result = run_cli("--quiet", "demo", "-o", str(tmp_path), "--matrix", "16")
     assert result.returncode == 0, result.stderr
     printed = result.stdout.split()
     assert printed[-1] == str(tmp_path / "report" / "index.html")
+    assert str(tmp_path / "refined" / "report" / "index.html") in printed
     assert (tmp_path / "run" / "sequence.seq").exists() and (tmp_path / "run" / "safety.json").exists()
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]
     # small flip angles: the scanner stand-in's B1+ × 0.9 scales the image by ≈ 0.9
     assert 0.85 < metrics["scale"] < 0.95
+    # the return path: the twin refined from the stand-in's scans recovers B1+ × 0.9 (median over the brain)
+    refined, truth = Twin.load(tmp_path / "refined" / "twin.h5"), builtin("brain", matrix=16)
+    brain = truth.pd > 0
+    factor = float((refined.b1[brain] / truth.b1[brain]).median())
+    assert abs(factor / 0.9 - 1) < 0.02
+    assert f"refine: B1+ recovered × {factor:.3f} (truth × 0.9) in the brain" in result.stdout

@@ -104,6 +104,14 @@ def test_tutorial_5_without_data_says_where_to_get_it(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_tutorial_9_refines_from_the_3_echo_scan_and_predicts_the_other(tmp_path: Path) -> None:
+    data = shared_data("11_from_GRE_to_EPI__01_GRE.dat").parent
+    result = tutorial("09_refine_and_predict").main(data, matrix=16, iterations=3, out=tmp_path)
+    assert result["prediction"] == 1.0 and result["correlation"] > 0.9
+    assert (tmp_path / "refined" / "report" / "index.html").is_file()
+    assert (tmp_path / "prediction" / "index.html").is_file()
+
+
 def test_tutorial_6_compares_and_sees_the_b1_error(tmp_path: Path) -> None:
     result = tutorial("06_compare").main(matrix=16, out=tmp_path)
     assert (tmp_path / "report" / "index.html").is_file()

@@ -82,7 +82,7 @@ def _factor(schedule: Schedule, step: int, total: int) -> float:
 class Trainer:
     """Runs one task into a bundle folder ``out``.
 
-    >>> # Trainer(load_task("protocols/mrzero_gre_from_zero.yaml"), "runs/gre0").run()  # doctest: +SKIP
+    >>> Trainer(load_task("protocols/mrzero_gre_from_zero.yaml"), "runs/gre0").run()  # doctest: +SKIP
     """
 
     def __init__(self, task: ResolvedTask, out: str | Path, *, resume: bool = False, engine: str | None = None,

@@ -25,10 +25,11 @@ from mrbridge.raw.read import read_raw
 from mrbridge.recon.image import Image
 from mrbridge.recon.pipeline import Recon
 from mrbridge.report import figures
+from mrbridge.report.bandlimit import band_limited
 from mrbridge.report.grid import common_grid
 from mrbridge.report.guard import guard_report
 from mrbridge.report.history import read_history
-from mrbridge.report.html import FileRecord, file_record, render_report, versions
+from mrbridge.report.html import FileRecord, file_record, render_report, sha256, versions
 from mrbridge.report.kspace import kspace_plane
 from mrbridge.report.metrics import (
     Metrics,
@@ -53,8 +54,11 @@ class CompareResult:
 
     sim_image, meas_image: the two reconstructions (data (…, z, y, x)), unscaled, on the common grid they were
     compared on (resampled when their matrices differed, see ``notes``).
+    role: "prediction" (the simulated twin was refined from other scans: this one was held out), "fit" (the twin
+    was refined from this scan) or "simulation".
     warnings: one line each on why the comparison means little (empty when it is sound).
-    notes: one line each on what was done to compare (resampling).
+    notes: one line each on what the simulation is (prediction, fit) and what was done to compare (band limit,
+    resampling).
     snr: SNR per region of both images, with the method of each (:mod:`mrbridge.report.snr`).
     """
 
@@ -70,6 +74,30 @@ class CompareResult:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     snr: SnrReport | None = None
+    role: str = "simulation"
+
+
+#: the report's heading for each role
+HEADINGS = {"prediction": "Prediction of a held-out scan vs measurement", "fit": "Refined twin's fit vs measurement",
+            "simulation": "Simulation vs measurement"}
+
+
+def comparison_role(sim: RawData, meas_path: Path) -> tuple[str, list[str]]:
+    """What the simulation is to ``meas_path``, and the note that says so.
+
+    A twin refined by ``mrbridge refine`` records the SHA-256 of the scans it was fitted to, and ``simulate``
+    passes them on (``twin_refined_from_sha256``). Against a scan among them the comparison shows the fit; against
+    any other it is a prediction, the number that says whether the twin is the object.
+    """
+    sources = sim.provenance.get("twin_refined_from_sha256")
+    if not sources:
+        return "simulation", []
+    fitted = sources.split(",")
+    if sha256(meas_path) in fitted:
+        return "fit", [f"{meas_path.name} is one of the {len(fitted)} scan(s) the twin was refined from: this "
+                       "shows how well the twin fits it, not how well it predicts"]
+    return "prediction", [f"prediction: the twin was refined from {len(fitted)} other scan(s); {meas_path.name} "
+                          "was held out of the fit"]
 
 
 def _sequence(seq_path: Path | None, bundle: Path | None) -> Sequence | None:
@@ -222,6 +250,7 @@ def compare(
     twin_path: str | None = None,
     system: str | Path = "generic3t",
     seq_window: tuple[float, float] | None = None,
+    matrix: int | None = None,
 ) -> CompareResult:
     """Reconstruct ``sim_path`` and ``meas_path`` with the same Recon and write the comparison report.
 
@@ -238,6 +267,8 @@ def compare(
     seq_window: (start, end) s of the .seq's waveforms to draw (default: two repetitions from the excitation
         before the first ADC, see :func:`mrbridge.report.waveforms.default_window`); drawn when a .seq is given
         or the bundle holds ``sequence.seq``
+    matrix: compare at the resolution of an N × N grid: both raw data are band-limited to its k-space before the
+        recon (:mod:`mrbridge.report.bandlimit`); a twin of N² voxels predicts no finer detail
 
     Returns the result with ``warnings`` (why the comparison means little: degenerate encoding, stripe images,
     objects that barely overlap, very different grids, a twin that is not the measured object) and ``notes``
@@ -253,6 +284,12 @@ def compare(
                          "holding sequence.seq)")
     sim_raw = read_raw(sim_path)
     meas_raw = read_raw(meas_path, seq_file)
+    limited = []
+    if matrix is not None:
+        sim_raw = band_limited(sim_raw, matrix, name=str(sim_path))
+        meas_raw = band_limited(meas_raw, matrix, name=str(meas_path))
+        limited = [f"both raw data band-limited to the k-space of a {matrix}×{matrix} grid over the field of view "
+                   "(--matrix): compared at that resolution"]
     recon = Recon.load(bundle_dir) if bundle_dir is not None else Recon()
     recon.eval()
     with torch.no_grad():
@@ -272,6 +309,8 @@ def compare(
     validity = assess(sim_mag, meas_mag, sim_raw=sim_raw, meas_raw=meas_raw, method=recon.config.method,
                       twin=twin_path if labels is not None else None, spatial=spatial)
     warnings = grid.warnings + validity.warnings
+    role, role_notes = comparison_role(sim_raw, Path(meas_path))
+    notes = role_notes + limited + grid.notes
     metrics, scaled = compare_images(sim_mag, meas_mag, labels=labels, names=names)
     metrics.dc_residual_sim = data_consistency(recon, sim_raw, sim_recon)
     metrics.dc_residual_meas = data_consistency(recon, meas_raw, meas_recon)
@@ -316,13 +355,15 @@ def compare(
         "images": {"shape": list(meas_image.data.shape), "fov_m": list(meas_image.fov),
                    "resampled_from": grid.resampled},
         "warnings": warnings,
-        "notes": grid.notes,
+        "role": role,
+        "notes": notes,
         "roi_meaningful": validity.roi_meaningful,
         "snr": asdict(snr),
     }
     atomic_write_text(metrics_path, json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
     page = render_report(
         title=f"{Path(sim_path).name} vs {Path(meas_path).name}",
+        heading=HEADINGS[role],
         metrics=metrics,
         figures=[(p.name, caption) for p, caption in drawn],
         safety=safety,
@@ -331,7 +372,7 @@ def compare(
         raw_provenance=raw_provenance,
         recon_config=recon_config,
         warnings=warnings,
-        notes=grid.notes,
+        notes=notes,
         roi_meaningful=validity.roi_meaningful,
         snr=snr,
     )
@@ -339,5 +380,5 @@ def compare(
     atomic_write_text(index, page)
     return CompareResult(out_dir=out, index=index, metrics_json=metrics_path, figures=[p for p, _ in drawn],
                          metrics=metrics, sim_image=sim_image, meas_image=meas_image, safety=safety, files=files,
-                         warnings=warnings, notes=grid.notes, snr=snr)
+                         warnings=warnings, notes=notes, snr=snr, role=role)
 

@@ -85,6 +85,7 @@ def metric_rows(metrics: Metrics) -> list[dict[str, str]]:
 def render_report(
     *,
     title: str,
+    heading: str = "Simulation vs measurement",
     metrics: Metrics,
     figures: list[tuple[str, str]],
     safety: SafetyReport | None,
@@ -97,7 +98,8 @@ def render_report(
     roi_meaningful: bool = True,
     snr: SnrReport | None = None,
 ) -> str:
-    """The HTML page. ``figures``: (file name relative to the page, caption).
+    """The HTML page. ``figures``: (file name relative to the page, caption); ``heading`` names what the
+    simulation is (a prediction of a held-out scan, a refined twin's fit, a simulation).
 
     ``warnings`` (why the comparison means little) head the page in a visible block, ``notes`` (what was done to
     compare, e.g. resampling) follow it; ``roi_meaningful=False`` marks the tissue table as not meaningful;
@@ -108,6 +110,7 @@ def render_report(
     template = env.get_template("report.html.j2")
     return template.render(
         title=title,
+        heading=heading,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         versions=versions(),
         recon_config=recon_config,

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 
 from mrbridge.atomic import atomic_write_text
 from mrbridge.recon.image_io import extent_mm
-from mrbridge.refine.fit import RefineResult
-from mrbridge.refine.scans import Grid, Scan
-from mrbridge.refine.start import adjoint_image
+from mrbridge.refinement.fit import RefineResult
+from mrbridge.refinement.scans import Grid, Scan
+from mrbridge.refinement.start import adjoint_image
 from mrbridge.report.figures import save_figure
 from mrbridge.report.html import versions
 from mrbridge.twin.twin import Twin
@@ -25,15 +25,17 @@ _TEMPLATES = Path(__file__).resolve().parent.parent / "report" / "templates"
 
 
 def shown_maps(twin: Twin) -> dict[str, np.ndarray]:
-    """The maps a report shows, (y, x) of the first slice: PD, B0 (Hz), B1+, T2′ (ms), T1 (ms), T2 (ms)."""
-    maps = {"PD": twin.pd, "B0 (Hz)": twin.b0, "B1+": twin.b1, "T2' (ms)": 1e3 * twin.t2dash,
-            "T1 (ms)": 1e3 * twin.t1, "T2 (ms)": 1e3 * twin.t2}
+    """The maps a report shows, (y, x) of the first slice: PD (relative to its median in the object: a refined PD
+    carries the receiver's scale, the start's does not), B0 (Hz), B1+, T2′ (ms), T1 (ms), T2 (ms)."""
+    inside = twin.pd[twin.pd > 0]
+    maps = {"PD / median": twin.pd / (inside.median() if inside.numel() else 1.0), "B0 (Hz)": twin.b0,
+            "B1+": twin.b1, "T2' (ms)": 1e3 * twin.t2dash, "T1 (ms)": 1e3 * twin.t1, "T2 (ms)": 1e3 * twin.t2}
     return {k: v[0].detach().to(torch.float64).clamp(max=1e5).numpy() for k, v in maps.items()}
 
 
 def map_figure(start: Twin, refined: Twin, mask: np.ndarray, fitted: list[str], grid: Grid, path: Path) -> str:
     """Rows: the fitted maps (and PD); columns: start, refined, refined − start."""
-    names = {"pd": "PD", "b0": "B0 (Hz)", "b1": "B1+", "t2dash": "T2' (ms)", "t1": "T1 (ms)", "t2": "T2 (ms)"}
+    names = {"pd": "PD / median", "b0": "B0 (Hz)", "b1": "B1+", "t2dash": "T2' (ms)", "t1": "T1 (ms)", "t2": "T2 (ms)"}
     rows = [names[n] for n in names if n in fitted or n == "pd"]
     before, after = shown_maps(start), shown_maps(refined)
     extent = extent_mm((grid.matrix, grid.matrix), grid.fov)

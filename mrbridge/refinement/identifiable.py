@@ -8,7 +8,7 @@ coil sensitivities need the scan's coils (one coil: its phase only, its magnitud
 from __future__ import annotations
 
 from mrbridge.errors import InputError
-from mrbridge.refine.scans import Scan
+from mrbridge.refinement.scans import Scan
 from mrbridge.sequence.model import PulseUsage
 
 #: the maps ``--fit`` may name

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrbridge.errors import InputError
-from mrbridge.refine.fit import CHECKPOINT, RefineConfig, Refinement, RefineResult
-from mrbridge.refine.identifiable import check_identifiable
-from mrbridge.refine.report import write_report
-from mrbridge.refine.scans import Grid, Scan, default_grid, load_scan, window_scan
-from mrbridge.refine.start import adjoint_image, object_mask, start_twin
+from mrbridge.refinement.fit import CHECKPOINT, RefineConfig, Refinement, RefineResult
+from mrbridge.refinement.identifiable import check_identifiable
+from mrbridge.refinement.report import write_report
+from mrbridge.refinement.scans import Grid, Scan, default_grid, load_scan, window_scan
+from mrbridge.refinement.start import adjoint_image, object_mask, start_twin
 from mrbridge.report.html import sha256
 from mrbridge.runlock import RunLock
 from mrbridge.twin.phantoms import open_twin
@@ -41,7 +41,7 @@ def refine(meas: Seq[str | Path], seqs: Seq[str | Path], out: str | Path, config
     """Fit a twin to the scans ``meas[i]`` measured with ``seqs[i]`` (one object) and write it into ``out``.
 
     Everything the data cannot support is refused (InputError) before the fit: pairs that do not match, other
-    geometries or objects, maps the scans cannot determine (:mod:`mrbridge.refine.identifiable`).
+    geometries or objects, maps the scans cannot determine (:mod:`mrbridge.refinement.identifiable`).
     """
     out = Path(out)
     if not meas or len(meas) != len(seqs):

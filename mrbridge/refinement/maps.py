@@ -4,7 +4,9 @@ Every fitted map is an unconstrained tensor mapped to its physical range, scaled
 is a typical change (Adam then needs one step size for all):
 
 * PD = e^p (positive; no regularisation), 0 outside the mask;
-* B0 = 50 Hz · p;  B1+ = e^p;  R2′ = 1/T2′ = e^p (1/s);  T1, T2 = e^p (s), each clamped to a plausible range;
+* B0 = 50 Hz · p;  B1+ = e^p;  T1, T2 = e^p (s), each clamped to a plausible range;
+* R2′ = 1/T2′ = 20 s⁻¹ · |p|: linear, since a log would give a near-zero R2′ (e.g. a long T2′ at the start) a
+  near-zero gradient, and that R2′ could never grow to the fast decay near an air bubble;
 * coil sensitivities c / ‖c‖ over coils (complex; one coil: its phase only, the magnitude being PD's);
 * per scan a receive phase (rad) and, with ``free_scale``, a log intensity scale; one gradient delay per axis.
 
@@ -21,11 +23,12 @@ from torch import nn
 
 from mrbridge.twin.twin import Twin
 
-#: Hz per unit of the B0 unknown;  s per unit of the gradient-delay unknown
+#: Hz per unit of the B0 unknown;  1/s per unit of the R2′ unknown;  s per unit of the gradient-delay unknown
 B0_UNIT = 50.0
+R2DASH_UNIT = 20.0
 DELAY_UNIT = 1e-6
 #: physical ranges the fitted maps are clamped to
-RANGES = {"b1": (0.2, 3.0), "r2dash": (0.0, 2000.0), "t1": (0.01, 10.0), "t2": (0.001, 3.0)}
+RANGES = {"b1": (0.2, 3.0), "r2dash": (1e-3, 2000.0), "t1": (0.01, 10.0), "t2": (0.001, 3.0)}
 #: typical change of each smooth map, normalising its smoothness penalty
 SMOOTH_SCALE = {"b0": 10.0, "b1": 0.1, "coils": 0.1}
 
@@ -46,7 +49,7 @@ class TwinParameters(nn.Module):
             "pd": torch.log(pd.clamp_min(floor)),
             "b0": start.b0.to(torch.float64) / B0_UNIT,
             "b1": torch.log(start.b1.to(torch.float64).clamp(*RANGES["b1"])),
-            "t2dash": torch.log((1 / start.t2dash.to(torch.float64)).clamp_min(1e-3)),
+            "t2dash": 1 / start.t2dash.to(torch.float64) / R2DASH_UNIT,
             "t1": torch.log(start.t1.to(torch.float64)),
             "t2": torch.log(start.t2.to(torch.float64)),
         }
@@ -67,7 +70,7 @@ class TwinParameters(nn.Module):
             "pd": torch.exp(u["pd"]) * mask if "pd" in u else s.pd.to(torch.float64),
             "b0": u["b0"] * B0_UNIT if "b0" in u else s.b0.to(torch.float64),
             "b1": torch.exp(u["b1"]).clamp(*RANGES["b1"]) if "b1" in u else s.b1.to(torch.float64),
-            "t2dash": 1 / torch.exp(u["t2dash"]).clamp(*RANGES["r2dash"]) if "t2dash" in u
+            "t2dash": 1 / (u["t2dash"].abs() * R2DASH_UNIT).clamp(*RANGES["r2dash"]) if "t2dash" in u
             else s.t2dash.to(torch.float64),
             "t1": torch.exp(u["t1"]).clamp(*RANGES["t1"]) if "t1" in u else s.t1.to(torch.float64),
             "t2": torch.exp(u["t2"]).clamp(*RANGES["t2"]) if "t2" in u else s.t2.to(torch.float64),

@@ -1,12 +1,13 @@
 """Fit a twin to measured raw data through the differentiable simulation (the return path scanner → twin).
 
-Each scan's ``.seq`` (windowed to the twin's k-space, :mod:`mrbridge.refine.scans`) is simulated on the current
+Each scan's ``.seq`` (windowed to the twin's k-space, :mod:`mrbridge.refinement.scans`) is simulated on the current
 twin by the graph engine and compared sample by sample with the measurement:
 
     loss = Σ_scans ‖c_s·A_s(θ) − y_s‖² / ‖y_s‖²  +  λ·smoothness(B0, B1+, coils)
 
-with c_s the scan's receive factor (phase; scale when free) and θ the maps of :class:`TwinParameters`. Adam with
-a cosine step size; the first iteration sets PD's intensity and each scan's phase in closed form. The folder holds
+with c_s the scan's receive factor (phase; scale when free) and θ the maps of :class:`TwinParameters`. L-BFGS with a
+strong-Wolfe line search (or Adam with a cosine step size); the first iteration sets PD's intensity and each scan's
+phase in closed form. The folder holds
 ``start.h5``, ``checkpoint.pt`` (written atomically every ``checkpoint_every`` steps: a killed run resumes where
 it stopped) and ``history.csv``.
 """
@@ -28,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from mrbridge.atomic import atomic_path, atomic_write_text
 from mrbridge.errors import InputError
 from mrbridge.progress import StepProgress
-from mrbridge.refine.maps import TwinParameters
-from mrbridge.refine.scans import Scan
+from mrbridge.refinement.maps import TwinParameters
+from mrbridge.refinement.scans import Scan
 from mrbridge.sequence.model import Repetition, Sequence
 from mrbridge.sim.graph import simulate_graph
 from mrbridge.twin.twin import Twin
@@ -46,7 +47,7 @@ class RefineConfig(BaseModel):
     iterations: int = Field(default=200, ge=1, le=1_000_000, description="simulations (with their gradient)")
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     lr: float = Field(default=0.05, gt=0, le=10, description="Adam's step size (L-BFGS uses 1 with a line search)")
-    smoothness: float = Field(default=0.01, ge=0, description="weight λ of the B0/B1+/coil smoothness")
+    smoothness: float = Field(default=1e-3, ge=0, description="weight λ of the B0/B1+/coil smoothness")
     free_scale: bool = Field(default=False, description="one intensity scale per scan (receiver gains differ)")
     delays: bool = Field(default=True, description="fit one gradient delay per in-plane axis")
     checkpoint_every: int = Field(default=25, ge=1)

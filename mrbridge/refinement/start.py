@@ -1,8 +1,10 @@
 """Where a refinement starts when no twin is given: the maps the measured data show directly.
 
-PD and the coils come from the first echo's image (the adjoint of the scan's own encoding on the twin grid), the
+PD and the coils come from the first echo's image (the adjoint of the scan's own encoding on the twin grid, the
+k-space divided by the box shape of the twin's voxels first), the
 object mask from its magnitude, B0 and T2′ from the first two echoes of a multi-echo scan (phase difference and
-magnitude decay), T1 and T2 from a tissue of ``calibration/phantoms/brain3t.yaml``, B1+ uniform.
+magnitude decay), T1 and T2 from a tissue of ``calibration/phantoms/brain3t.yaml`` (T2 raised to the measured T2*
+where that is longer: T2 ≥ T2*), B1+ uniform.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import torch.nn.functional as F
 
 from mrbridge.errors import InputError
 from mrbridge.recon.operators import NonCartesianOp
-from mrbridge.refine.scans import Grid, Scan
+from mrbridge.refinement.scans import Grid, Scan
 from mrbridge.twin.phantoms import brain_table
 from mrbridge.twin.twin import Twin
 
 #: object mask: |image| above this fraction of its 99th percentile (then dilated by one voxel)
 MASK_FRACTION = 0.1
-#: smoothing (voxels, Gaussian σ) of the starting B0 and coil maps
+#: smoothing (voxels, Gaussian σ) of the starting B0 map
 SMOOTH_SIGMA = 1.5
+#: the start's longest T2 (s) and smallest R2′ (1/s)
+T2_MAX = 3.0
+R2DASH_MIN = 0.1
 
 
 def adjoint_image(kdata: torch.Tensor, traj: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -31,6 +36,13 @@ def adjoint_image(kdata: torch.Tensor, traj: torch.Tensor, grid: Grid) -> torch.
     """
     op = NonCartesianOp(traj, (1, grid.matrix, grid.matrix), grid.fov)
     return op.adjoint(kdata.to(torch.complex64))[:, 0].to(torch.complex64)
+
+
+def voxel_shape(traj: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """(K,) the signal of a uniform box voxel of the grid at each k-space sample, relative to a point: Π sinc(k·Δ)
+    over x, y (the factor the graph engine applies, :mod:`mrbridge.sim.graph`). traj: (K, 3) 1/m."""
+    size = torch.tensor([f / grid.matrix for f in grid.fov[:2]], dtype=traj.dtype)
+    return torch.sinc(traj[:, :2] * size).prod(-1)
 
 
 def smooth(values: torch.Tensor, mask: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
@@ -58,7 +70,8 @@ def object_mask(magnitude: torch.Tensor) -> torch.Tensor:
 def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Twin:
     """The starting twin from the data (see the module docstring); its provenance says where each map came from."""
     first = scans[0]
-    images = [adjoint_image(first.kdata[:, first.contrast == c], first.traj[first.contrast == c], grid)
+    kdata = first.kdata / voxel_shape(first.traj, grid)  # the twin's voxels are boxes: PD is their density
+    images = [adjoint_image(kdata[:, first.contrast == c], first.traj[first.contrast == c], grid)
               for c in sorted(set(first.contrast.tolist()))]
     rss = images[0].abs().square().sum(0).sqrt()
     mask = object_mask(rss)
@@ -68,7 +81,7 @@ def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Tw
         raise InputError(f"--tissue {tissue!r}: expected one of {', '.join(usable)} "
                          "(calibration/phantoms/brain3t.yaml)")
     values = table[tissue]
-    t2 = 1e-3 * float(values.t2_ms or 100.0)
+    t2 = torch.full_like(rss, 1e-3 * float(values.t2_ms or 100.0), dtype=torch.float64)
     r2dash = torch.full_like(rss, float(values.r2dash_per_s or 1.0), dtype=torch.float64)
     b0 = torch.zeros_like(r2dash)
     te = first.echo_times
@@ -76,20 +89,24 @@ def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Tw
     if len(images) >= 2 and len(te) >= 2 and te[1] > te[0]:
         dte = te[1] - te[0]
         product = (images[1] * images[0].conj()).sum(0)
-        b0 = smooth(torch.angle(product).to(torch.float64), mask) / (2 * math.pi * dte)
+        # the signal's phase runs as −2π·B0·t (s ∝ exp(−i2π(k·r + B0·t)), as the simulators); smoothing the
+        # complex product keeps phase wraps
+        b0 = -torch.angle(smooth(product, mask)).to(torch.float64) / (2 * math.pi * dte)
         ratio = rss / images[1].abs().square().sum(0).sqrt().clamp_min(1e-12 * float(rss.max()))
         r2star = torch.log(ratio.clamp_min(1.0)).to(torch.float64) / dte
-        r2dash = (r2star - 1 / t2).clamp(0.5, 500.0)
+        t2 = torch.maximum(t2, 1 / r2star.clamp_min(1 / T2_MAX))  # T2 ≥ T2*: a slower decay than the tissue's T2
+        r2dash = (r2star - 1 / t2).clamp(R2DASH_MIN, 500.0)
         notes["b0_t2dash"] = f"echoes 1 and 2 of {first.name} (ΔTE {1e3 * dte:.3g} ms)"
+        notes["t1_t2"] += ", T2 raised to the measured T2* where that is longer"
     te1 = te[0] if te else 0.0
-    unwind = torch.exp(-2j * math.pi * b0 * te1).to(torch.complex64)
-    sens = smooth(images[0] / rss.clamp_min(1e-12 * float(rss.max())), mask) * unwind
+    unwind = torch.exp(2j * math.pi * b0 * te1).to(torch.complex64)  # the coil phase without B0's at TE1
+    sens = images[0] / rss.clamp_min(1e-12 * float(rss.max())) * unwind
     sens = sens / sens.abs().square().sum(0).sqrt().clamp_min(1e-12)
-    pd = torch.where(mask, rss.to(torch.float64) * torch.exp(r2dash * te1), torch.zeros_like(r2dash))
+    pd = torch.where(mask, rss.to(torch.float64) * torch.exp((r2dash + 1 / t2) * te1), torch.zeros_like(r2dash))
     pd = pd / pd.max().clamp_min(1e-30)
     shape = (1, grid.matrix, grid.matrix)
     twin = Twin.from_maps(
-        pd.reshape(shape).float(), torch.full(shape, 1e-3 * float(values.t1_ms or 1000.0)), torch.full(shape, t2),
+        pd.reshape(shape).float(), torch.full(shape, 1e-3 * float(values.t1_ms or 1000.0)), t2.reshape(shape).float(),
         grid.fov, t2dash=(1 / r2dash).reshape(shape).float(), b0=b0.reshape(shape).float(),
         coil_sens=torch.where(mask, sens, torch.ones_like(sens)).reshape(sens.shape[0], *shape).to(torch.complex64),
     )
