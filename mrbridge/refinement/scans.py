@@ -19,6 +19,7 @@ from mrbridge.errors import InputError
 from mrbridge.raw.rawdata import RawData
 from mrbridge.raw.seqreadouts import SeqReadouts, read_seq_readouts
 from mrbridge.recon.pipeline import prewhiten
+from mrbridge.report.bandlimit import in_window
 from mrbridge.sequence.import_seq import import_seq
 from mrbridge.sequence.model import PulseUsage, Repetition, Sequence
 
@@ -39,10 +40,8 @@ class Grid:
 
         traj: (readouts, samples, 3) 1/m.  Returns (readouts, samples) bool.
         """
-        n, tol = self.matrix, 1e-3
         steps = traj * np.asarray(self.fov)
-        inside = [(steps[..., a] >= -n / 2 - tol) & (steps[..., a] < n / 2 - tol) for a in (0, 1)]
-        return inside[0] & inside[1] & (np.abs(steps[..., 2]) < 0.5)
+        return in_window(steps[..., :2], self.matrix) & (np.abs(steps[..., 2]) < 0.5)
 
 
 @dataclass

@@ -10,6 +10,7 @@ would be exact only for complex images; a coil-combined (RSS) magnitude is not b
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -29,10 +30,16 @@ def kspace_steps(raw: RawData) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors(sample[None, :], line[:, None]), -1)
 
 
+def in_window(steps: Any, matrix: int) -> Any:
+    """(…) bool: samples at (…, 2) k_x, k_y steps of 1/FOV (tensor or array) in [−N/2, N/2), the k-space an N × N
+    grid holds (mrbridge's convention: index N/2 is k = 0)."""
+    tol = 1e-3
+    return ((steps >= -matrix / 2 - tol) & (steps < matrix / 2 - tol)).all(-1)
+
+
 def band_limited(raw: RawData, matrix: int, *, name: str = "raw data") -> RawData:
     """``raw`` with every sample outside |k_x|, |k_y| < matrix/(2·FOV) set to zero (labels, header unchanged)."""
-    steps = kspace_steps(raw)
-    inside = ((steps >= -matrix / 2 - 1e-3) & (steps < matrix / 2 - 1e-3)).all(-1)
+    inside = in_window(kspace_steps(raw), matrix)
     if not bool(inside.any()):
         raise InputError(f"{name}: no sample lies inside the k-space of a {matrix}² grid over its field of view")
     return replace(raw, kdata=raw.kdata * inside.to(raw.kdata.device))
