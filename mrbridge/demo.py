@@ -1,13 +1,14 @@
 """The demo `make demo` runs: the whole loop on the built-in brain.
 
 1. simulate GRE and SE on ``builtin:brain`` (4 coils) → ISMRMRD raw data + inverse-FFT images;
-2. optimize a short task (``protocols/demo_gre_sar.yaml``: FLASH flip angles under a SAR penalty) → run bundle;
+2. optimize a short task (``protocols/demo_gre_sar.yaml`` at the demo's matrix: FLASH flip angles under a SAR
+   penalty) → run bundle;
 3. export the bundle to a Pulseq ``.seq`` (generic 3T, safety-checked);
 4. simulate that ``.seq`` twice: with the fast graph engine on the twin ("simulation"), and with the
    isochromat Bloch engine on the twin with B1+ scaled by 0.9 plus noise (a stand-in for the scanner);
 5. reconstruct both with the bundle's recon and write the comparison report;
 6. refine the twin's PD and B1+ from the scanner stand-in (the return path): its scan of the optimized ``.seq``
-   and of a reference FLASH at 60° (the optimized angles, ~6°, leave B1+ and PD all but interchangeable), and
+   and of a reference FLASH at 60° (the small optimized angles leave B1+ and PD all but interchangeable), and
    say how much of the B1+ error the refined twin recovered.
 """
 
@@ -17,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
+from mrbridge.atomic import atomic_write_text
 from mrbridge.errors import MrbridgeError
 from mrbridge.optimize.task import load_task
 from mrbridge.optimize.trainer import optimize
@@ -36,12 +40,17 @@ from mrbridge.sim.simulate import simulate
 from mrbridge.system import System
 from mrbridge.twin.phantoms import builtin
 from mrbridge.twin.twin import Twin
+from mrbridge.yamlfile import load_yaml
 
 PROTOCOLS = Path(__file__).resolve().parent.parent / "protocols"
-#: the scanner stand-in's B1+ error, noise, and isochromats per voxel (Bloch engine)
+TASK = PROTOCOLS / "demo_gre_sar.yaml"
+#: the task's own matrix and dwell: at another matrix the dwell scales so that the readout keeps its length
+TASK_MATRIX, TASK_DWELL_US = 16, 80.0
+#: the scanner stand-in's B1+ error; its noise at the task's matrix (σ / max |signal|, scaled by 16 / matrix so
+#: that the image's SNR does not fall with the matrix) and its isochromats in all (Bloch engine)
 MEASURED_B1_SCALE = 0.9
 MEASURED_NOISE = 0.01
-MEASURED_SPINS = 4096
+MEASURED_ISOCHROMATS = 2**20
 #: the reference scan's flip angle (the task's FLASH otherwise) and the refinement's L-BFGS evaluations
 REFERENCE_FLIP_DEG = 60.0
 REFINE_ITERATIONS = 40
@@ -54,7 +63,7 @@ def run_demo(folder: str | Path, *, matrix: int = 64, noise: float = 0.005, seed
     ``say`` receives the refinement's one-line outcome.
     """
     folder = Path(folder)
-    return [*_simulate_builtins(folder, matrix, noise, seed), *_loop(folder, seed, progress, say)]
+    return [*_simulate_builtins(folder, matrix, noise, seed), *_loop(folder, matrix, seed, progress, say)]
 
 
 def _simulate_builtins(folder: Path, matrix: int, noise: float, seed: int) -> list[Path]:
@@ -77,10 +86,11 @@ def _simulate_builtins(folder: Path, matrix: int, noise: float, seed: int) -> li
     return written
 
 
-def _loop(folder: Path, seed: int, progress: bool | None, say: Callable[[str], None]) -> list[Path]:
+def _loop(folder: Path, matrix: int, seed: int, progress: bool | None, say: Callable[[str], None]) -> list[Path]:
     """optimize → export → simulate (graph; Bloch on a B1-perturbed twin) → recon → compare → refine."""
     bundle, system = folder / "run", System.load("generic3t")
-    optimize(PROTOCOLS / "demo_gre_sar.yaml", bundle, resume=bundle.exists(), progress=progress)  # rerun: continue
+    task = demo_task(matrix, folder / "task.yaml")
+    optimize(task, bundle, resume=bundle.exists(), progress=progress)  # rerun: continue
     seq_path = bundle / "sequence.seq"
     _export(Sequence.load(bundle / "sequence.json"), system, seq_path).save(bundle / "safety.json")
 
@@ -93,7 +103,7 @@ def _loop(folder: Path, seed: int, progress: bool | None, say: Callable[[str], N
     result = compare(sim_path, meas_path, folder / "report", seq_path=seq_path, bundle=bundle,
                      twin_path="builtin:brain", system="generic3t")
 
-    protocol = load_task(PROTOCOLS / "demo_gre_sar.yaml").protocol
+    protocol = load_task(task).protocol
     reference = parse_protocol({**protocol.model_dump(), "flip_angle_deg": REFERENCE_FLIP_DEG},
                                source="demo reference scan")
     ref_seq, ref_meas = folder / "loop_ref.seq", folder / "loop_ref_meas.h5"
@@ -101,6 +111,16 @@ def _loop(folder: Path, seed: int, progress: bool | None, say: Callable[[str], N
     _measure(ref_seq, scanner, ref_meas, seed + 1)
     report = _refine(folder / "refined", twin, [meas_path, ref_meas], [seq_path, ref_seq], progress, say)
     return [bundle, seq_path, sim_path, meas_path, ref_seq, ref_meas, report, result.index]
+
+
+def demo_task(matrix: int, path: Path) -> Path:
+    """The demo's task (``protocols/demo_gre_sar.yaml``) at ``matrix`` written to ``path``: same FOV, timing and
+    readout length (the dwell scales with 1 / matrix). Returns ``path``."""
+    task = load_yaml(TASK)
+    for protocol in (task["sequence"]["protocol"], task["target"]["protocol"]):
+        protocol.update(matrix=matrix, dwell_us=TASK_DWELL_US * TASK_MATRIX / matrix)
+    atomic_write_text(path, yaml.safe_dump(task, sort_keys=False))
+    return path
 
 
 def _export(sequence: Sequence, system: System, path: Path) -> SafetyReport:
@@ -115,8 +135,9 @@ def _export(sequence: Sequence, system: System, path: Path) -> SafetyReport:
 
 def _measure(seq_path: Path, scanner: Twin, path: Path, seed: int) -> None:
     """The scanner stand-in: the Bloch engine plays ``seq_path`` on ``scanner`` with noise into ``path``."""
-    raw = simulate(import_seq(seq_path), scanner, engine="bloch", spins=MEASURED_SPINS, noise=MEASURED_NOISE,
-                   seed=seed)
+    matrix = scanner.shape[-1]
+    raw = simulate(import_seq(seq_path), scanner, engine="bloch", spins=max(64, MEASURED_ISOCHROMATS // matrix**2),
+                   noise=MEASURED_NOISE * TASK_MATRIX / matrix, seed=seed)
     write_mrd(raw, path)
 
 
