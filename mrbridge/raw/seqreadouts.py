@@ -20,6 +20,7 @@ import torch
 
 from mrbridge.errors import InputError, where
 from mrbridge.raw.rawdata import LABELS, RawData, RawHeader
+from mrbridge.sequence.flag_labels import ismrmrd_flags
 from mrbridge.sequence.import_seq import read_pulseq
 from mrbridge.sequence.rf_use import complete_rf_uses, rf_integral
 
@@ -35,10 +36,6 @@ COUNTER_LABELS = {
     "SET": "set",
     "SEG": "segment",
 }
-#: pypulseq flag labels → ISMRMRD acquisition flag numbers (bit = flag − 1). ``REV`` is not mapped: readouts
-#: stay as acquired and their direction is in the trajectory (``ACQ_IS_REVERSE`` would make ISMRMRD readers
-#: flip them).
-FLAG_LABELS = {"NAV": 24, "REF": 20, "IMA": 21}
 #: a k-sample counts as on the Cartesian grid when it lies this many grid steps from a grid point at most
 GRID_TOLERANCE = 0.02
 #: k-space differences below this (1/m, a cycle per km) are taken as no step
@@ -186,10 +183,7 @@ def read_seq_readouts(seq_path: str | Path, *, trajectory_delay: float = 0.0) ->
         labels.update({COUNTER_LABELS[k]: np.asarray(label_rows[k], dtype=np.int64)[image] for k in used})
     for name in LABELS:
         labels.setdefault(name, np.zeros(len(traj), dtype=np.int64))
-    flags = np.zeros(len(traj), dtype=np.int64)
-    for key, bit in FLAG_LABELS.items():
-        if key in label_rows:
-            flags |= np.where(np.asarray(label_rows[key])[image] != 0, 1 << (bit - 1), 0)
+    flags = ismrmrd_flags(label_rows, len(adc_blocks))[image]  # NAV, REF, IMA (mrbridge.sequence.flag_labels)
     return SeqReadouts(
         traj=traj,
         sample_time=times,

@@ -108,22 +108,34 @@ def rf_spoiling_phase(index: int, increment_deg: float) -> float:
     return math.radians((increment_deg * (index * (index + 1) // 2)) % 360.0)
 
 
-def train_order(n: int, train: int, order: str, effective: int = 0) -> list[list[int]]:
-    """Lines of each shot: ``table[shot][position]`` for ``n`` lines in trains of ``train``.
+def train_order(n: int, train: int, order: str, effective: int = 0,
+                lines: list[int] | None = None) -> list[list[int | None]]:
+    """Lines of each shot: ``table[shot][position]`` for the acquired ``lines`` of ``n`` (default: all) in trains of
+    ``train``; None is a silent echo (an undersampled acquisition fills its last shots up with them).
 
-    linear: position p of shot s takes line p·shots + s (the centre falls on position train // 2).
-    centric: lines ranked by distance from the centre (N/2, N/2 − 1, N/2 + 1, …) fill the positions ranked by
-    distance from ``effective``, so the centre line is acquired at position ``effective`` of shot 0.
+    linear: the lines in k-space order fill position p of shot s at index p·shots + s, after as many silent echoes as
+    put the centre line (N/2, or the acquired line nearest to it) on position train // 2 (more shots if need be).
+    centric: lines ranked by distance from the centre (N/2, N/2 − 1, N/2 + 1, …, then the silent echoes) fill the
+    positions ranked by distance from ``effective``, so the centre line is acquired at position ``effective`` of
+    shot 0.
     """
-    shots = n // train
+    acquired = list(range(n)) if lines is None else sorted(lines)
+    shots = -(-len(acquired) // train)
+    ranked: list[int | None]
     if order == "linear":
-        ranked, positions = list(range(n)), list(range(train))
+        centre = min(range(len(acquired)), key=lambda i: (abs(acquired[i] - n // 2), i))
+        while True:
+            before = max(0, train // 2 * shots - centre)
+            after = shots * train - len(acquired) - before
+            if after >= 0 and before + centre < (train // 2 + 1) * shots:
+                break
+            shots += 1
+        ranked, positions = [None] * before + list(acquired) + [None] * after, list(range(train))
     else:
-        ranked = [n // 2]
-        for d in range(1, n // 2 + 1):
-            ranked += [line for line in (n // 2 - d, n // 2 + d) if line < n]
+        ranked = [*sorted(acquired, key=lambda line: (abs(line - n // 2), line)),
+                  *[None] * (shots * train - len(acquired))]
         positions = sorted(range(train), key=lambda p: (abs(p - effective), p))
-    table = [[0] * train for _ in range(shots)]
+    table: list[list[int | None]] = [[None] * train for _ in range(shots)]
     for rank, position in enumerate(positions):
         for shot in range(shots):
             table[shot][position] = ranked[rank * shots + shot]
@@ -201,9 +213,11 @@ def gre(p: GreProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
 
 
 def _echo_train(
-    p: SpinEchoProtocol | TseProtocol, *, spacing: float, table: list[list[int]], dtype: torch.dtype
+    p: SpinEchoProtocol | TseProtocol, *, spacing: float, table: list[list[int | None]], dtype: torch.dtype,
+    acs: set[int] | None = None,
 ) -> list[Repetition]:
-    """CPMG shots: excitation (phase 90°), then one refocusing (phase 0°) per echo, echoes at spacing·(e + 1).
+    """CPMG shots: excitation (phase 90°), then one refocusing (phase 0°) per echo, echoes at spacing·(e + 1);
+    ``table[shot][echo]`` is the line (None: a silent echo), the ``acs`` lines are flagged as calibration lines.
 
     Before each refocusing pulse kx = (N/2 + 1)·Δk and ky = 0, so every interval between refocusing pulses
     has the same dephasing (CPMG condition); the last echo is followed by the x spoiler until TR.
@@ -236,7 +250,8 @@ def _echo_train(
             ]
             if echo == train - 1:
                 parts.append(_gap(tr - (train + 0.5) * spacing, (spoil, 0.0, 0.0)))
-            labels = [] if line is None else [ReadoutLabels(kspace_encode_step_1=line, segment=echo)]
+            labels = [] if line is None else [ReadoutLabels(kspace_encode_step_1=line, segment=echo,
+                                                             flags=ACS_FLAGS if line in (acs or ()) else 0)]
             reps.append(_repetition(refocus, 0.0, PulseUsage.REFOCUSING, parts, labels, dtype, p.refocusing_rf_ms))
     return reps
 
@@ -244,15 +259,17 @@ def _echo_train(
 def spin_echo(p: SpinEchoProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
     """Spin echo (SPIN): 90° at 0, 180° at TE/2, one line per TR in order 0 … N−1, after ``dummies`` TRs."""
     te = p.te_ms * 1e-3
-    table = [[line] for line in range(p.matrix)]
+    table: list[list[int | None]] = [[line] for line in range(p.matrix)]
     reps = _echo_train(p, spacing=te, table=table, dtype=dtype)
     return Sequence(reps, _info(p, te, p.tr_ms * 1e-3, p.flip_angle_deg))
 
 
 def tse(p: TseProtocol, *, dtype: torch.dtype = torch.float32) -> Sequence:
-    """RARE/TSE: shots of ``echo_train_length`` CPMG echoes; ``segment`` = echo index; te = effective TE."""
-    table = train_order(p.matrix, p.echo_train_length, p.order, p.effective_echo)
-    reps = _echo_train(p, spacing=p.echo_spacing_ms * 1e-3, table=table, dtype=dtype)
+    """RARE/TSE: shots of ``echo_train_length`` CPMG echoes; ``segment`` = echo index; te = effective TE.
+    Undersampled: the acquired lines in the same order (:func:`train_order`), the ACS lines flagged."""
+    acquired, acs = acquired_lines(p.matrix, p.undersampling)
+    table = train_order(p.matrix, p.echo_train_length, p.order, p.effective_echo, acquired)
+    reps = _echo_train(p, spacing=p.echo_spacing_ms * 1e-3, table=table, dtype=dtype, acs=acs)
     return Sequence(reps, _info(p, p.effective_te, p.tr_ms * 1e-3, p.flip_angle_deg))
 
 

@@ -35,17 +35,15 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-import ismrmrd
 import numpy as np
 import torch
 
 from mrbridge.sequence.builders import _gap, _Part, _repetition, rf_spoiling_phase
+from mrbridge.sequence.flag_labels import PHASE_CORRECTION  # navigator lines: kept out of the image
 from mrbridge.sequence.model import PulseUsage, ReadoutLabels, Repetition, Sequence, SequenceInfo
 from mrbridge.sequence.protocol import EpiProtocol, ProtocolValueError
 from mrbridge.system import System
 
-#: ISMRMRD flag bit of the navigator lines: phase-correction data, kept out of the image
-PHASE_CORRECTION = 1 << (ismrmrd.ACQ_IS_PHASECORR_DATA - 1)
 #: navigator lines before the train
 NAVIGATORS = 3
 _EPS = 1e-9

@@ -32,6 +32,7 @@ from scipy.optimize import linprog
 from scipy.sparse.linalg import splu
 
 from mrbridge.errors import ConfigError
+from mrbridge.sequence.flag_labels import pulseq_flags
 from mrbridge.sequence.model import ReadoutLabels, runs
 from mrbridge.sequence.pns import max_pns_slew
 from mrbridge.system import IecLimits
@@ -103,8 +104,10 @@ def _run_adc(events: list[_Event], dwell: float, delay: float, opts: pp.Opts) ->
 
 
 def _label_events(labels: ReadoutLabels) -> list[Any]:
-    return [pp.make_label(type="SET", label=key, value=int(getattr(labels, name)))
-            for name, key in LABEL_NAMES.items()]
+    """The readout's counters and its calibration flags (REF, IMA: :mod:`mrbridge.sequence.flag_labels`)."""
+    counters = [pp.make_label(type="SET", label=key, value=int(getattr(labels, name)))
+                for name, key in LABEL_NAMES.items()]
+    return counters + [pp.make_label(type="SET", label=key, value=on) for key, on in pulseq_flags(labels.flags).items()]
 
 
 def _check_amplitude(amp: np.ndarray, r: int, first: int, end: int, dwell: float, opts: pp.Opts) -> None:

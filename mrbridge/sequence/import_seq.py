@@ -22,13 +22,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import ismrmrd
 import numpy as np
 import pypulseq as pp
 import torch
 from pypulseq.decompress_shape import decompress_shape
 
 from mrbridge.errors import InputError
+from mrbridge.sequence.flag_labels import ismrmrd_flags
 from mrbridge.sequence.model import (
     Pulse,
     PulseShape,
@@ -313,9 +313,7 @@ def _labels(pseq: pp.Sequence, count: int) -> list[ReadoutLabels]:
             arr = np.atleast_1d(np.asarray(values[key], dtype=int))
             if len(arr) == count:
                 fields[name] = arr
-    nav = np.atleast_1d(np.asarray(values.get("NAV", np.zeros(count)), dtype=bool))
-    if len(nav) == count:  # Pulseq's NAV flag: navigator / phase-correction lines, kept out of the image
-        fields["flags"] = np.where(nav, 1 << (ismrmrd.ACQ_IS_PHASECORR_DATA - 1), 0)
+    fields["flags"] = ismrmrd_flags(values, count)  # NAV, REF, IMA: navigator and calibration lines
     return [ReadoutLabels(**{name: int(arr[i]) for name, arr in fields.items()}) for i in range(count)]
 
 

@@ -158,11 +158,16 @@ class GreProtocol(_ProtocolBase):
     @model_validator(mode="after")
     def _timing(self) -> GreProtocol:
         _check_gre_timing(self, self.te_ms, self.tr_ms, "tr_ms")
-        problem = None if self.undersampling is None else acs_problem(self.matrix, self.undersampling)
-        if problem is not None:
-            assert self.undersampling is not None
-            raise ProtocolValueError("undersampling.acs_lines", self.undersampling.acs_lines, problem)
+        _check_undersampling(self.matrix, self.undersampling)
         return self
+
+
+def _check_undersampling(matrix: int, spec: Undersampling | None) -> None:
+    """ProtocolValueError when the ACS lines of ``spec`` do not fit the ``matrix``."""
+    problem = None if spec is None else acs_problem(matrix, spec)
+    if problem is not None:
+        assert spec is not None
+        raise ProtocolValueError("undersampling.acs_lines", spec.acs_lines, problem)
 
 
 def _check_gre_timing(
@@ -196,6 +201,9 @@ class TseProtocol(_ProtocolBase):
     spoiler_cycles_per_voxel: float = Field(default=2.0, ge=0, le=100, description="net x dephasing")
     crusher_cycles: float = _crusher_cycles()
     crusher_axis: Literal["z"] = _crusher_axis()
+    undersampling: Undersampling | None = Field(
+        default=None, description="accelerated: ACS centre + uniform / random lines (mrbridge.sequence.undersampling)"
+    )
 
     @property
     def effective_echo(self) -> int:
@@ -243,6 +251,7 @@ class TseProtocol(_ProtocolBase):
             raise ProtocolValueError(
                 "tr_ms", self.tr_ms, f"must be > (echo_train_length + 1/2)·echo_spacing_ms = {_ms(least)}"
             )
+        _check_undersampling(self.matrix, self.undersampling)
         return self
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import ismrmrd
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mrbridge.sequence.flag_labels import CALIBRATION_AND_IMAGING
+
 #: the flag bits of a calibration line that is also an imaging line
-ACS_FLAGS = 1 << (ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING - 1)
+ACS_FLAGS = CALIBRATION_AND_IMAGING
 
 
 class Undersampling(BaseModel):
