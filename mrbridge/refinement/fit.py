@@ -19,7 +19,7 @@ import io
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +32,12 @@ from mrbridge.progress import StepProgress
 from mrbridge.refinement.maps import TwinParameters
 from mrbridge.refinement.scans import Scan
 from mrbridge.sequence.model import Repetition, Sequence
-from mrbridge.sim.graph import simulate_graph
+from mrbridge.sim.graph import plan_graph, simulate_graph
 from mrbridge.twin.twin import Twin
 
 CHECKPOINT = "checkpoint.pt"
+#: the maps that decide which graph states matter: while none of them is fitted, each scan's graph is planned once
+PLANNED_MAPS = {"t1", "t2", "b1"}
 
 
 class RefineConfig(BaseModel):
@@ -88,6 +90,10 @@ class Refinement:
         self.scans, self.config, self.folder = scans, config, folder
         self.params = TwinParameters(start, config.fit, start.pd > 0, len(scans), free_scale=config.free_scale)
         self.params.delay.requires_grad_(config.delays)
+        self.plans = None
+        if not PLANNED_MAPS & set(config.fit):  # planned for the slowest T2′ decay: every state that can matter
+            planned = replace(start, t2dash=torch.full_like(start.t2dash, 1e6)).to(dtype=torch.float32)
+            self.plans = [plan_graph(s.sequence, planned) for s in scans]
         self.targets = [s.kdata.to(torch.complex128) for s in scans]
         self.norms = [float(y.abs().square().sum()) for y in self.targets]
         trainable = [p for p in self.params.parameters() if p.requires_grad]
@@ -110,7 +116,10 @@ class Refinement:
         """(coils, K) complex128: scan ``index`` simulated on the current twin, times its receive factor."""
         twin = self.params.twin().to(dtype=torch.float32)
         seq = delayed(self.scans[index].sequence, self.params.delays())
-        return simulate_graph(seq, twin).to(torch.complex128) * self.params.receive(index)
+        # the delays move each straight readout run as a whole: its factorised path keeps their gradient exact
+        signal = simulate_graph(seq, twin, per_sample_gradients=False,
+                                plan=None if self.plans is None else self.plans[index])
+        return signal.to(torch.complex128) * self.params.receive(index)
 
     def residuals(self, simulated: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per scan ‖sim − y‖²/‖y‖² (differentiable)."""

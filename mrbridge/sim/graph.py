@@ -55,10 +55,11 @@ state's key (and so its derivative w.r.t. moments and durations) is taken from t
 gradient w.r.t. moments and durations is that of the sequence family in which merged states stay merged
 (exact when no two histories coincide, e.g. when every repetition's moments differ). Memory: the states are
 propagated in checkpointed segments of repetitions (the backward pass keeps the states at segment starts and
-the emitting states of each readout); each readout chunk's factors are recomputed in the backward pass unless
-all of them fit in 512 MiB (and in the budget). Under a budget (``memory_gb``, :mod:`mrbridge.sim.memory`) the
-readouts are simulated in chunks of samples and blocks of voxels; what must stay resident (signal, emitting
-states) is checked against it before the propagation starts.
+the emitting states of each readout) unless every step's states fit in a quarter of the budget; each readout
+chunk's factors are recomputed in the backward pass unless all of them fit in 512 MiB (and in the budget).
+Under a budget (``memory_gb``, :mod:`mrbridge.sim.memory`) the readouts are simulated in chunks of samples and
+blocks of voxels; what must stay resident (signal, emitting states) is checked against it before the
+propagation starts.
 
 What it cannot represent (use the Bloch engine): diffusion (``twin.diffusion`` is ignored; no b-value
 attenuation of states); sub-voxel structure other than a uniform box (the sinc) and off-resonance spreads
@@ -90,13 +91,17 @@ _TAU_QUANTUM = 1e-7
 _SEGMENT = 16
 #: the readouts' (voxels × samples) factors are kept for the backward pass up to this size, else recomputed
 _KEEP_BYTES = 512 * 2**20
+#: complex (states × columns) tensors the backward pass keeps per state of the propagation (3.2 measured when
+#: B1+ needs gradients)
+_PROPAGATION_COPIES = 4
 #: odd 64-bit multipliers hashing a quantised key (4 integers) to one integer
 _HASH = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5],
                  dtype=np.uint64).view(np.int64)
 
 
 def simulate_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCURACY,
-                   memory_gb: float | None = None) -> torch.Tensor:
+                   memory_gb: float | None = None, per_sample_gradients: bool = True,
+                   plan: GraphPlan | None = None) -> torch.Tensor:
     """Noise-free signal of every coil at every ADC sample.
 
     Runs on the twin's device, in float64 when any sequence tensor or tissue map is float64 (else float32).
@@ -111,6 +116,10 @@ def simulate_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCUR
     memory_gb: memory budget (GB) of the simulation; None: :func:`mrbridge.sim.memory.default_budget_gb`. The
         readouts are simulated in chunks within it; a problem whose states and signal alone exceed it raises
         an InputError before the propagation starts
+    per_sample_gradients: each ADC sample's moment and time get their own gradient (trajectory learning); False:
+        straight runs of samples keep the fast factorised readout and their gradient is that of the run moved as
+        one (exact for a gradient delay on a flat top, :func:`mrbridge.sim.readout.emit`)
+    plan: the kept graph from :func:`plan_graph` (else planned here, at ``accuracy``)
 
     Returns
     -------
@@ -120,13 +129,10 @@ def simulate_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCUR
     if not accuracy > 0:
         raise ValueError(f"accuracy = {accuracy}, expected > 0")
     batched = twin.pd.dim() == 4
-    tensors = [twin.pd, twin.t1, twin.t2, twin.t2dash, twin.b0, twin.b1]
-    for r in seq.repetitions:
-        tensors += [r.pulse.angle, r.event_time, r.gradm]
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    tissue = _Tissue(twin, dtype)
-    reps = [_RepTensors.of(rep, tissue.device, dtype) for rep in seq.repetitions]
-    steps = _plan(reps, tissue, accuracy)
+    tissue, reps = _prepare(seq, twin)
+    if plan is not None and len(plan.steps) != len(reps):
+        raise ValueError(f"plan of {len(plan.steps)} repetitions for a sequence of {len(reps)}")
+    steps = _plan(reps, tissue, accuracy) if plan is None else plan.steps
     budget = fit_budget(memory_gb, tissue, reps, steps)
 
     # states carry a trailing row of zeros (the source of absent parents); F is kept as right after the pulse
@@ -134,16 +140,18 @@ def simulate_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCUR
     F = torch.zeros((1, tissue.columns), dtype=tissue.cdtype, device=tissue.device)
     Z = torch.zeros((2, tissue.columns), dtype=tissue.cdtype, device=tissue.device)
     Z[0] = 1
-    qT = torch.zeros((0, 4), dtype=dtype, device=tissue.device)
-    qL = torch.zeros((1, 4), dtype=dtype, device=tissue.device)
-    before = torch.zeros(4, dtype=dtype, device=tissue.device)  # (moment, duration) of the previous repetition
+    qT = torch.zeros((0, 4), dtype=tissue.dtype, device=tissue.device)
+    qL = torch.zeros((1, 4), dtype=tissue.dtype, device=tissue.device)
+    before = torch.zeros(4, dtype=tissue.dtype, device=tissue.device)  # (moment, duration) of the previous repetition
     emitted: list[tuple[torch.Tensor, torch.Tensor]] = []
+    # the backward pass of the propagation: every step's states kept when they fit, else recomputed per segment
+    segments = propagation_bytes(steps, tissue) > budget.chunk // 4
     for start in range(0, len(reps), _SEGMENT):
         segment = list(range(start, min(start + _SEGMENT, len(reps))))
         flat = [t for r in segment for t in reps[r].differentiable()]
         run = _Segment([reps[r] for r in segment], [steps[r] for r in segment])
         args = (tissue.t1, tissue.t2, tissue.b1, F, Z, qT, qL, before, *flat)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        if segments and torch.is_grad_enabled() and any(t.requires_grad for t in args):
             out = checkpoint(run, *args, use_reentrant=False)
         else:
             out = run(*args)
@@ -161,10 +169,45 @@ def simulate_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCUR
         Fe, qe = next(emitters)
         for idx in rep.readouts:
             signals.append(emit(tissue, Fe, qe, rep.time[idx], rep.moment[idx], rep.adc_phase[idx], budget.chunk,
-                                recompute=recompute))
+                                recompute=recompute, per_sample_gradients=per_sample_gradients))
     signal = torch.cat(signals, dim=-1) if signals else torch.zeros(
         (tissue.batch, tissue.coils, 0), dtype=tissue.cdtype, device=tissue.device)
     return signal if batched else signal[0]
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """The kept graph of a sequence on a twin (:func:`plan_graph`): which states each repetition keeps and where
+    they come from. It stays valid while the sequence's RF events and durations, the twin's voxels (PD > 0), their
+    T1, T2 and B1+ and the smallest R2′ stay as planned; B0, T2′ above that, PD within those voxels, coils and the
+    moments inside the ADC may change."""
+
+    steps: list[_Step]
+
+
+def plan_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCURACY) -> GraphPlan:
+    """The pre-pass of :func:`simulate_graph` alone, to reuse over many simulations (a fit of B0, PD, coils)."""
+    if not accuracy > 0:
+        raise ValueError(f"accuracy = {accuracy}, expected > 0")
+    tissue, reps = _prepare(seq, twin)
+    return GraphPlan(_plan(reps, tissue, accuracy))
+
+
+def _prepare(seq: Sequence, twin: Twin) -> tuple[_Tissue, list[_RepTensors]]:
+    """The twin's columns and the repetitions' tensors, in float64 when any of them is float64 (else float32)."""
+    tensors = [twin.pd, twin.t1, twin.t2, twin.t2dash, twin.b0, twin.b1]
+    for r in seq.repetitions:
+        tensors += [r.pulse.angle, r.event_time, r.gradm]
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    tissue = _Tissue(twin, dtype)
+    return tissue, [_RepTensors.of(rep, tissue.device, dtype) for rep in seq.repetitions]
+
+
+def propagation_bytes(steps: list[_Step], tissue: _Tissue) -> int:
+    """Bytes the backward pass keeps of an uncheckpointed propagation: a few complex (states × columns) tensors
+    per repetition (the parents gathered, their factors, the new states)."""
+    states = sum(step.t_index.shape[1] + step.l_index.shape[1] for step in steps)
+    return _PROPAGATION_COPIES * states * tissue.columns * tissue.cdtype.itemsize
 
 
 # ---- sequence and tissue ---------------------------------------------------------------------------------

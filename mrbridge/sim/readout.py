@@ -42,18 +42,21 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def emit(tissue: _Tissue, F: torch.Tensor, q: torch.Tensor, time: torch.Tensor, moment: torch.Tensor,
-         adc_phase: torch.Tensor, budget: int, *, recompute: bool = False) -> torch.Tensor:
+         adc_phase: torch.Tensor, budget: int, *, recompute: bool = False,
+         per_sample_gradients: bool = True) -> torch.Tensor:
     """Signal of states F (S, X) with keys q (S, 4) at one readout's samples (time (J,), moment (J, 3)).
 
     budget: bytes one chunk's tensors may use; recompute: checkpoint each chunk (its factors are recomputed in
-    the backward pass instead of kept)
+    the backward pass instead of kept); per_sample_gradients: False keeps the factorised path on straight runs
+    when moments or times need gradients, which then reach each run through its first two samples (exact when
+    the whole run moves as one, as under a gradient delay on a flat top)
     Returns: Tensor  # (batch, coils, J) complex
     """
     B, C, V, S, J = tissue.batch, tissue.coils, tissue.V, F.shape[0], time.shape[0]
     if S == 0 or J == 0 or V == 0:
         return torch.zeros((B, C, J), dtype=tissue.cdtype, device=tissue.device)
     amp = (F if tissue.expand is None else F[:, tissue.expand]).reshape(S, B, V).transpose(0, 1)  # (B, S, V)
-    exact = moment.requires_grad or time.requires_grad
+    exact = per_sample_gradients and (moment.requires_grad or time.requires_grad)
     pieces = []
     for a, e, straight in chunks(tissue, time, moment, S, budget):
         args = (tissue, amp, q, time[a:e], moment[a:e], straight and not exact, budget)

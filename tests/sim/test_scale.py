@@ -227,3 +227,27 @@ def test_recomputed_chunks_give_the_same_gradients(monkeypatch: pytest.MonkeyPat
     recomputed = gradients(20_000)  # 20 kB: every chunk is recomputed in the backward pass
     assert checkpointed
     assert torch.allclose(recomputed, kept, rtol=1e-10, atol=1e-12 * float(kept.abs().max()))
+
+
+def test_checkpointed_propagation_gives_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = builtin("brain", matrix=8).to(dtype=torch.float64)
+    segmented = []
+
+    def gradients(kept_bytes: int) -> torch.Tensor:
+        seq = build(GreProtocol(matrix=16, dummies=40), dtype=torch.float64)  # 56 repetitions: 4 segments
+        for rep in seq:
+            rep.pulse.angle.requires_grad_(True)
+        b1 = base.b1.clone().requires_grad_()
+        twin = Twin.from_maps(base.pd, base.t1, base.t2, base.fov, t2dash=base.t2dash, b0=base.b0, b1=b1)
+        with monkeypatch.context() as m:
+            m.setattr(graph, "propagation_bytes", lambda *_: kept_bytes)
+            m.setattr(graph, "checkpoint", lambda *a, **k: segmented.append(1) or checkpoint(*a, **k))
+            simulate_graph(seq, twin).abs().square().sum().backward()
+        assert b1.grad is not None
+        return torch.cat([b1.grad.flatten(), *[rep.pulse.angle.grad.flatten() for rep in seq]])
+
+    kept = gradients(0)  # every step's states kept: no segment is checkpointed
+    assert not segmented
+    recomputed = gradients(2**62)  # more than any budget: segments of repetitions recomputed in the backward pass
+    assert len(segmented) == 4
+    assert torch.allclose(recomputed, kept, rtol=1e-10, atol=1e-12 * float(kept.abs().max()))
