@@ -5,11 +5,13 @@ Run by hand after ``bench/unrolled_table.py`` (its unrolled bundle is the warm s
     nice -n 10 .venv/bin/python bench/unrolled_sampling.py --bundles out/unrolled --minutes 5
 
 The 8 ACS lines are always acquired; 8 of the other 56 lines are chosen (16 of 64: R = 4). LOUPE (Bahadir et al.
-2019): a probability per line, p = σ(a·w) rescaled to the budget's mean, and a relaxed binary mask
-m = σ(b·(p − u)), u ~ U(0, 1) drawn each step, enter the unrolled recon's encoding (EᴴE x = Eᴴ(m·E x)), so the
-loss trains the line probabilities together with the recon. For export the mask becomes binary: the 8 most probable
-lines. The baseline gets the same recon, warm start and wall-clock budget, fine-tuned on fresh variable-density
-masks each step. Both are then evaluated on the held-out twins (PSNR / SSIM as in ``unrolled_table.py``; the
+2019) as the task parameter ``sampling`` does it (:class:`mrbridge.optimize.sampling.LineSampling`): a probability
+per line, p = σ(a·w) rescaled to the budget's mean, and a relaxed binary mask m = σ(b·(p − u)), u ~ U(0, 1) drawn
+each step, enter the unrolled recon's encoding (EᴴE x = Eᴴ(m·E x)), so the loss trains the line probabilities
+together with the recon. For export the mask becomes binary: the 8 most probable lines. (The task trains through
+the simulation, ``protocols/learned_sampling_r4.yaml``; this bench on retrospectively undersampled data.) The
+baseline gets the same recon, warm start and wall-clock budget, fine-tuned on fresh variable-density masks each
+step. Both are then evaluated on the held-out twins (PSNR / SSIM as in ``unrolled_table.py``; the
 random masks with the table's seeds). Writes ``sampling.json`` into ``--bundles``.
 """
 
@@ -30,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from unrolled_data import full_raw, target, undersample
 from unrolled_table import TEST, TRAIN, metrics, scan, with_random_phase
 
+from mrbridge.optimize.sampling import LineSampling, SamplingParam
 from mrbridge.raw.rawdata import RawData
 from mrbridge.recon.pipeline import Recon, ReconConfig, SenseProblem
-from mrbridge.sequence.undersampling import Undersampling, acs_range
+from mrbridge.sequence.undersampling import Undersampling
 
-N, ACS, EXTRA = 64, 8, 8
-OUTER = torch.tensor([i for i in range(N) if i not in acs_range(N, ACS)])
+N, ACS = 64, 8
 
 
 def problem(full: RawData, noise: float, seed: int) -> SenseProblem:
@@ -43,20 +45,6 @@ def problem(full: RawData, noise: float, seed: int) -> SenseProblem:
     raw = undersample(full, Undersampling(acceleration=1, acs_lines=ACS, pattern="uniform"), noise, seed)
     (p,), _ = Recon(ReconConfig(method="sense", coil_combine="sensitivity")).sense_problems(raw)
     return p
-
-
-def line_mask(weights: torch.Tensor) -> torch.Tensor:
-    """(N, 1) mask of the ACS lines plus ``weights`` (56,) on the other lines."""
-    m = torch.ones(N, dtype=weights.dtype)
-    return m.index_put((OUTER,), weights)[:, None]
-
-
-def loupe_probabilities(logits: torch.Tensor, slope: float = 5.0) -> torch.Tensor:
-    """(56,) line probabilities with mean EXTRA/56 (LOUPE's rescaling)."""
-    p = torch.sigmoid(slope * logits)
-    alpha = EXTRA / len(OUTER)
-    mean = p.mean()
-    return torch.where(mean > alpha, p * alpha / mean, 1 - (1 - p) * (1 - alpha) / (1 - mean))
 
 
 def reconstruct(recon: Recon, p: SenseProblem, mask: torch.Tensor) -> torch.Tensor:
@@ -87,22 +75,21 @@ def main() -> None:
 
     # LOUPE: line logits + recon
     learned = copy.deepcopy(start_recon)
-    logits = torch.zeros(len(OUTER), requires_grad=True)
-    opt = torch.optim.Adam([{"params": list(learned.parameters()), "lr": 2e-4}, {"params": [logits], "lr": 5e-2}])
+    sampling = LineSampling(SamplingParam(name="sampling"), N, Undersampling(acceleration=4, acs_lines=ACS))
+    opt = torch.optim.Adam([{"params": list(learned.parameters()), "lr": 2e-4},
+                            {"params": [sampling.logits], "lr": 5e-2}])
     rng = np.random.default_rng(3)
     t0, steps = time.perf_counter(), 0
     while time.perf_counter() - t0 < 60 * args.minutes:
         i = int(rng.integers(len(TRAIN)))
         p = problem(with_random_phase(raws[i], rng), args.noise, int(rng.integers(1 << 30)))
-        prob = loupe_probabilities(logits)
-        relaxed = torch.sigmoid(12.0 * (prob - torch.rand(len(OUTER))))
-        loss = l1(reconstruct(learned, p, line_mask(relaxed)), i)
+        relaxed = sampling.weights(binary=False, seed=int(rng.integers(1 << 30)))[:, None]
+        loss = l1(reconstruct(learned, p, relaxed), i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         steps += 1
-    chosen = OUTER[torch.topk(loupe_probabilities(logits).detach(), EXTRA).indices].sort().values
-    lines = sorted(set(acs_range(N, ACS)) | {int(v) for v in chosen})
+    lines = sampling.chosen()
     results["loupe"] = {"steps": steps, "lines": lines}
     print(f"LOUPE: {steps} steps; lines {lines}", flush=True)
 
@@ -120,8 +107,7 @@ def main() -> None:
         steps += 1
     results["variable_density"] = {"steps": steps}
 
-    binary = torch.zeros(N, 1)
-    binary[lines] = 1.0
+    binary = sampling.weights(binary=True)[:, None]
     scores: dict[str, list[tuple[float, float]]] = {"loupe": [], "variable_density": []}
     for j, i in enumerate(range(len(TRAIN), len(TRAIN) + len(TEST))):
         with torch.no_grad():

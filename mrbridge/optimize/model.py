@@ -17,6 +17,7 @@ from mrbridge.errors import ConfigError
 from mrbridge.optimize import losses
 from mrbridge.optimize.data import TwinSet
 from mrbridge.optimize.parametrize import SequenceParameters
+from mrbridge.optimize.sampling import LineSampling, select_lines
 from mrbridge.optimize.task import HardwareLoss, ImageLoss, ResolvedTask, SarLoss, ScanTimeLoss, T1Target
 from mrbridge.optimize.voxelmlp import VoxelMLP
 from mrbridge.raw.rawdata import RawData
@@ -57,7 +58,11 @@ class JointModel(nn.Module):
         self.engine = engine or t.sim.engine
         if self.engine not in ENGINES:
             raise ConfigError(f"{task.source}: field 'sim.engine' = {self.engine!r}: expected one of {ENGINES}")
-        self.params = SequenceParameters(task.template(), t.parameters, seed=t.optimizer.seed).to(self.device)
+        self.params = SequenceParameters(task.template(), task.sequence_specs, seed=t.optimizer.seed).to(self.device)
+        self.sampling = None
+        if task.sampling is not None and task.undersampling is not None:
+            self.sampling = LineSampling(task.sampling, task.protocol.matrix, task.undersampling,
+                                         seed=t.optimizer.seed).to(self.device)
         self.recon = Recon(t.recon.config).to(self.device)
         self.mlp = VoxelMLP(t.sequence.repeat, t.recon.mlp.hidden).to(self.device) if t.recon.mlp else None
         self.reference = task.reference_sequence()
@@ -67,7 +72,19 @@ class JointModel(nn.Module):
 
     # ---- parameters of the two groups ------------------------------------------------------------------
     def sequence_parameters(self) -> list[nn.Parameter]:
-        return list(self.params.parameters())
+        """The sequence's raw parameters, then the sampling logits (if any)."""
+        return list(self.params.parameters()) + (list(self.sampling.parameters()) if self.sampling else [])
+
+    def bundle_sequence(self) -> Sequence:
+        """The sequence as the bundle saves it (detached, CPU). With ``sampling``: the protocol acquiring only the
+        chosen lines (a shorter scan) when nothing else trains; else the learned sequence with the ADCs of the
+        chosen lines only (every repetition kept, as trained)."""
+        seq = self.params.sequence().detach().to("cpu")
+        if self.sampling is None:
+            return seq
+        if not self.params.raw:
+            return self.task.sampled_sequence(self.sampling.chosen())
+        return select_lines(seq, self.sampling.chosen())
 
     def recon_parameters(self) -> list[nn.Parameter]:
         return list(self.recon.parameters()) + (list(self.mlp.parameters()) if self.mlp is not None else [])
@@ -108,10 +125,12 @@ class JointModel(nn.Module):
         return to_rawdata(seq, signal, noise=noise, seed=seed)
 
     # ---- targets -----------------------------------------------------------------------------------------
-    def _image(self, raw: RawData, *, unrolled: bool = False) -> torch.Tensor:
+    def _image(self, raw: RawData, *, unrolled: bool = False, lines: torch.Tensor | None = None) -> torch.Tensor:
         """(contrasts, y, x) complex or real image of one twin, before the network (which runs batched); an
-        unrolled recon's network runs inside it when ``unrolled`` (targets are plain SENSE)."""
-        return self.recon(raw, network=unrolled).data[0, :, 0]
+        unrolled recon's network runs inside it when ``unrolled`` (targets are plain SENSE); ``lines`` (N,): the
+        weight of each phase-encoding line (learned sampling)."""
+        weights = None if lines is None else lines[raw.labels["kspace_encode_step_1"].to(lines.device)]
+        return self.recon(raw, network=unrolled, weights=weights).data[0, :, 0]
 
     def target(self, index: int) -> tuple[torch.Tensor, float, float]:
         """(target, scale, reference max |signal|) of twin ``index``: the target is (contrasts, y, x) scaled
@@ -146,13 +165,19 @@ class JointModel(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------------------------
     def forward(self, indices: list[int], seeds: list[int], *, train_sequence: bool = True,
-                on_reference: bool = False) -> Outputs:
+                on_reference: bool = False, binary_sampling: bool = False) -> Outputs:
         """Simulate, reconstruct and scale twins ``indices`` with noise seeds ``seeds``.
 
-        train_sequence: differentiate through the simulation (else the signals of the current sequence are
-        cached and reused); on_reference: use the reference sequence (recon pretraining, SPIN).
+        train_sequence: differentiate through the simulation (else, and always when no sequence parameter
+        trains, the signals of the current sequence are cached and reused); on_reference: use the reference
+        sequence (recon pretraining, SPIN); binary_sampling: the binary line mask of ``sampling`` (validation),
+        else a relaxed one drawn for this batch (from its noise seeds).
         """
         t = self.task.task
+        lines = None
+        if self.sampling is not None and not on_reference:
+            lines = self.sampling.weights(binary=binary_sampling, seed=noise_seed(*seeds))
+        train_sequence = train_sequence and len(self.params.raw) > 0
         if on_reference:
             assert self.reference is not None
             seq = self.reference.to(self.device)
@@ -164,8 +189,9 @@ class JointModel(nn.Module):
         images, targets, scales = [], [], []
         for i, signal, seed in zip(indices, signals, seeds, strict=True):
             target, scale, _ = self.target(i)
-            if self.recon.unrolled is not None:
-                image = self._image(self.raw(seq, signal, i, seed), unrolled=True)
+            if self.recon.unrolled is not None or lines is not None:
+                image = self._image(self.raw(seq, signal, i, seed), unrolled=self.recon.unrolled is not None,
+                                    lines=lines)
             elif train_sequence or t.data.noise or on_reference or self.recon.log_tikhonov is not None:
                 image = self._image(self.raw(seq, signal, i, seed))
             else:  # a fixed sequence without noise through a fixed solver: the image is as fixed as the signal

@@ -28,7 +28,7 @@ from mrbridge.sequence.model import PulseUsage, Repetition, Sequence
 from mrbridge.sequence.protocol import Protocol
 
 if TYPE_CHECKING:
-    from mrbridge.optimize.task import ParamSpec
+    from mrbridge.optimize.task import SequenceParamSpec
 
 #: how far inside its bounds a sigmoid value is placed when asked for a bound (fraction of the range)
 _EDGE = 1e-4
@@ -73,7 +73,7 @@ class Selection:
             return np.unique(self.reps, return_inverse=True)[1].reshape(-1)
         return np.zeros(len(self), int) if shared else np.arange(len(self))
 
-    def template_values(self, seq: Sequence, spec: ParamSpec) -> np.ndarray:
+    def template_values(self, seq: Sequence, spec: SequenceParamSpec) -> np.ndarray:
         """The template's values in the key's unit: (n,) or (n, axes) for gradm."""
         if spec.name in ("flip_angle", "rf_phase"):
             attr = "angle" if spec.name == "flip_angle" else "phase"
@@ -85,7 +85,7 @@ class Selection:
         return flat_t[self.events] * 1e3
 
 
-def selection(seq: Sequence, spec: ParamSpec) -> Selection:
+def selection(seq: Sequence, spec: SequenceParamSpec) -> Selection:
     """The template entries ``spec`` selects (see the task schema for each name)."""
     default = [PulseUsage.EXCITATION] if spec.name in ("flip_angle", "rf_phase") else list(PulseUsage)
     usages = {PulseUsage(u) for u in spec.pulses} if spec.pulses is not None else set(default)
@@ -112,7 +112,7 @@ def selection(seq: Sequence, spec: ParamSpec) -> Selection:
     return Selection(np.array(reps, int), np.array(events, int), axes)
 
 
-def _forward(spec: ParamSpec, raw: torch.Tensor) -> torch.Tensor:
+def _forward(spec: SequenceParamSpec, raw: torch.Tensor) -> torch.Tensor:
     lo, hi = spec.bounds()
     kind = spec.parametrization()
     if kind == "sigmoid":
@@ -124,7 +124,7 @@ def _forward(spec: ParamSpec, raw: torch.Tensor) -> torch.Tensor:
     return raw
 
 
-def _inverse(spec: ParamSpec, value: np.ndarray) -> np.ndarray:
+def _inverse(spec: SequenceParamSpec, value: np.ndarray) -> np.ndarray:
     lo, hi = spec.bounds()
     kind = spec.parametrization()
     if kind == "sigmoid":
@@ -149,8 +149,11 @@ class SequenceParameters(nn.Module):
     30.0
     """
 
-    def __init__(self, template: Sequence, specs: list[ParamSpec], *, seed: int = 0) -> None:
+    anchor: torch.Tensor  # (0,): the module's device, also without parameters (a task that learns only sampling)
+
+    def __init__(self, template: Sequence, specs: list[SequenceParamSpec], *, seed: int = 0) -> None:
         super().__init__()
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)
         self.template = template.detach()
         self.specs = list(specs)
         self.selections = [selection(self.template, s) for s in self.specs]
@@ -210,7 +213,7 @@ class SequenceParameters(nn.Module):
     def sequence(self) -> Sequence:
         """The template with the current values written in (differentiable w.r.t. the raw parameters)."""
         t = self.template
-        device = self.raw[0].device
+        device = self.anchor.device
         angle = torch.stack([rep.pulse.angle for rep in t]).to(device)
         phase = torch.stack([rep.pulse.phase for rep in t]).to(device)
         times = torch.cat([rep.event_time for rep in t]).to(device)

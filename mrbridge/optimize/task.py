@@ -1,7 +1,8 @@
 """Optimization tasks (``protocols/*.yaml`` with ``kind: task``): what trains, against what, on which data.
 
 A task names a sequence template (a protocol file or an inline protocol), the sequence parameters that train
-(each with bounds and a parametrisation), the target, the loss terms, the reconstruction, the training data
+(each with bounds and a parametrisation; or ``sampling``: the lines of an accelerated Cartesian protocol,
+:mod:`mrbridge.optimize.sampling`), the target, the loss terms, the reconstruction, the training data
 and the optimizer. Keys name their non-SI units (``bounds_deg``, ``bounds_ms``); unknown keys are errors.
 :func:`load_task` reports every mistake as a ConfigError naming the file, the key, the value and what was
 expected.
@@ -18,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from mrbridge.errors import ConfigError
 from mrbridge.optimize.parametrize import build_template, selection
+from mrbridge.optimize.sampling import SamplingParam
 from mrbridge.recon.pipeline import ReconConfig
 from mrbridge.sequence.model import Sequence
 from mrbridge.sequence.protocol import Protocol, ProtocolValueError, parse_protocol
+from mrbridge.sequence.undersampling import Undersampling, budget
 from mrbridge.system import System
 from mrbridge.yamlfile import load_yaml
 
@@ -120,8 +123,9 @@ class TimeParam(_Param):
         return lo, hi
 
 
-ParamSpec = Annotated[FlipAngleParam | RfPhaseParam | GradmParam | TimeParam, Field(discriminator="name")]
-PARAM_NAMES = ("flip_angle", "rf_phase", "gradm", "event_time", "ti", "recovery")
+SequenceParamSpec = FlipAngleParam | RfPhaseParam | GradmParam | TimeParam
+ParamSpec = Annotated[SequenceParamSpec | SamplingParam, Field(discriminator="name")]
+PARAM_NAMES = ("flip_angle", "rf_phase", "gradm", "event_time", "ti", "recovery", "sampling")
 
 
 class SequenceSpec(_Strict):
@@ -396,6 +400,9 @@ class ResolvedTask:
             self.target_image = self._target_file(task.target.path)
         self.systems = {t.system: self._system(t.system, i) for i, t in enumerate(task.losses)
                         if isinstance(t, SarLoss | HardwareLoss)}
+        self.sequence_specs: list[SequenceParamSpec] = [p for p in task.parameters if not isinstance(p, SamplingParam)]
+        self.undersampling: Undersampling | None = getattr(self.protocol, "undersampling", None)
+        self.sampling = self._sampling()
         self._check_parameters()
 
     def _where(self, key: str) -> str:
@@ -434,10 +441,41 @@ class ResolvedTask:
         except ConfigError as err:
             raise ConfigError(f"{self._where(f'losses.{index}.system')} = {name!r}: {err}") from None
 
+    def _sampling(self) -> SamplingParam | None:
+        """The ``sampling`` parameter, checked against the protocol, the recon and the optimizer; or None."""
+        found = [(i, p) for i, p in enumerate(self.task.parameters) if isinstance(p, SamplingParam)]
+        if not found:
+            return None
+        i, spec = found[0]
+        where = self._where(f"parameters.{i}.name") + " = 'sampling'"
+        if len(found) > 1:
+            raise ConfigError(f"{self._where(f'parameters.{found[1][0]}.name')} = 'sampling': expected at most one "
+                              "sampling parameter")
+        spec_us = self.undersampling
+        if spec_us is None:
+            raise ConfigError(f"{where}: needs a Cartesian protocol with an 'undersampling' key (its acceleration "
+                              f"sets the budget, its acs_lines the calibration lines); the '{self.protocol.kind}' "
+                              "template of 'sequence.protocol' has none")
+        n = self.protocol.matrix
+        if budget(n, spec_us) <= spec_us.acs_lines:
+            raise ConfigError(f"{where}: the budget round(matrix/acceleration) = {budget(n, spec_us)} lines leaves "
+                              f"none to learn beside undersampling.acs_lines = {spec_us.acs_lines}; expected fewer "
+                              "ACS lines or a lower acceleration")
+        method = self.task.recon.config.method
+        if method not in ("sense", "fft"):
+            raise ConfigError(f"{self._where('recon.config.method')} = {method!r}: learned sampling weights the "
+                              "lines of a Cartesian recon; expected 'sense' or 'fft'")
+        if self.task.optimizer.restarts:
+            raise ConfigError(f"{self._where('optimizer.restarts')} = {self.task.optimizer.restarts}: restarts "
+                              "re-draw sequence parameters, not the sampling logits; expected 0 with 'sampling'")
+        return spec
+
     def _check_parameters(self) -> None:
         """Selections that select nothing in the template are errors (e.g. ``ti`` without inversions)."""
         seq = self.template()
         for i, spec in enumerate(self.task.parameters):
+            if isinstance(spec, SamplingParam):
+                continue
             if not selection(seq, spec):
                 raise ConfigError(f"{self._where(f'parameters.{i}.name')} = {spec.name!r}: selects nothing in "
                                   f"the '{self.protocol.kind}' template (pulses {spec.pulses})")
@@ -450,8 +488,20 @@ class ResolvedTask:
                         f"values span [{values.min():.4g}, {values.max():.4g}], outside the bounds")
 
     def template(self) -> Sequence:
-        """The template Sequence (``repeat`` copies of the protocol's sequence)."""
-        return build_template(self.protocol, self.task.sequence.repeat)
+        """The template Sequence (``repeat`` copies of the protocol's sequence); with ``sampling`` the protocol
+        fully sampled, its ACS lines flagged (the lines to choose from)."""
+        protocol = self.protocol
+        if self.sampling is not None and self.undersampling is not None:
+            full = self.undersampling.model_copy(update={"acceleration": 1, "pattern": "uniform"})
+            protocol = protocol.model_copy(update={"undersampling": full})
+        return build_template(protocol, self.task.sequence.repeat)
+
+    def sampled_sequence(self, lines: list[int]) -> Sequence:
+        """The protocol acquiring only ``lines`` (ACS included), as its builder orders them: a learned mask as a
+        scan (the lines not chosen take no time)."""
+        assert self.undersampling is not None
+        spec = self.undersampling.model_copy(update={"pattern": "explicit", "lines": lines})
+        return build_template(self.protocol.model_copy(update={"undersampling": spec}), self.task.sequence.repeat)
 
     def reference_sequence(self) -> Sequence | None:
         """The reference Sequence of a ``reference`` target, or None."""

@@ -6,11 +6,11 @@ does the same thing whether the run got there directly or resumed from a checkpo
 atomically every ``checkpoint_every`` steps: parameters, optimizers, history, RNG states) is all a resume
 needs, and a run killed at any moment loses at most the steps since the last checkpoint.
 
-Bundle (DESIGN.md): ``sequence.json``, ``recon.json`` + ``recon.pt`` (+ ``mlp.pt``), ``task.yaml``,
-``history.csv``, ``summary.json``, ``plots/``, ``checkpoints/last.pt``. The bundle files are written at the start
-and again, atomically, after every checkpoint, so a killed run is usable as it stands (``recon --with``,
-``export``, ``compare --with``): its ``summary.json`` says ``"partial": true`` and the step it reflects, until
-the run ends (``plots/`` only then). The folder is locked while a run writes it (:mod:`mrbridge.runlock`).
+Bundle (DESIGN.md): ``sequence.json`` (+ ``sampling.json``), ``recon.json`` + ``recon.pt`` (+ ``mlp.pt``),
+``task.yaml``, ``history.csv``, ``summary.json``, ``plots/``, ``checkpoints/last.pt``. The bundle files are written
+at the start and again, atomically, after every checkpoint, so a killed run is usable as it stands (``recon
+--with``, ``export``, ``compare --with``): its ``summary.json`` says ``"partial": true`` and the step it reflects,
+until the run ends (``plots/`` only then). The folder is locked while a run writes it (:mod:`mrbridge.runlock`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Trainer:
         self.model = JointModel(task, self.data, engine=engine, device=device)
         self.phases = phases(task)
         self.total = sum(p.steps for p in self.phases)
-        self.opt_seq = torch.optim.Adam(self._groups(self.model.params.raw, t.optimizer.lr), lr=t.optimizer.lr,
+        self.opt_seq = torch.optim.Adam(self._groups(t.optimizer.lr), lr=t.optimizer.lr,
                                         betas=(t.optimizer.momentum, 0.999))
         recon = self.model.recon_parameters()
         self.opt_recon = torch.optim.Adam(recon, lr=t.optimizer.recon_lr) if recon else None
@@ -116,9 +116,13 @@ class Trainer:
                                  "choose another output folder")
             self._load()
 
-    def _groups(self, raws: Any, lr: float) -> list[dict[str, Any]]:
-        return [{"params": [raw], "lr": spec.lr or lr, "base_lr": spec.lr or lr}
-                for raw, spec in zip(raws, self.task.task.parameters, strict=True)]
+    def _groups(self, lr: float) -> list[dict[str, Any]]:
+        """One optimizer group per task parameter (its own learning rate): the sequence's, then the sampling's."""
+        pairs: list[tuple[torch.Tensor, float | None]] = [
+            (raw, spec.lr) for raw, spec in zip(self.model.params.raw, self.task.sequence_specs, strict=True)]
+        if self.model.sampling is not None:
+            pairs.append((self.model.sampling.logits, self.model.sampling.spec.lr))
+        return [{"params": [raw], "lr": own or lr, "base_lr": own or lr} for raw, own in pairs]
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -256,7 +260,7 @@ class Trainer:
         totals: dict[str, float] = {}
         with torch.no_grad():
             for i in mine:
-                out = self.model([i], [noise_seed(o.seed, _VALIDATION, i)], train_sequence=True)
+                out = self.model([i], [noise_seed(o.seed, _VALIDATION, i)], train_sequence=True, binary_sampling=True)
                 values = {"loss": float(self.model.loss_terms(out)["loss"]), **self.model.metrics(out)}
                 for k, v in values.items():
                     totals[k] = totals.get(k, 0.0) + v
@@ -316,13 +320,26 @@ class Trainer:
                 "initial": self.initial, "final": final,
                 "final_step": int(validated[-1]["step"]) if validated else 0,
                 "parameters": {k: v.detach().cpu().reshape(-1).tolist()
-                               for k, v in self.model.params.values().items()}}
+                               for k, v in self.model.params.values().items()},
+                **({"sampling": self._sampling()["lines"]} if self.model.sampling is not None else {})}
+
+    def _sampling(self) -> dict[str, Any]:
+        """What ``sampling.json`` holds: the binary mask's lines (ACS included), the ACS lines, the budget and
+        each line's probability (ACS lines 1)."""
+        s = self.model.sampling
+        assert s is not None
+        probability = torch.ones(s.lines).index_put((s.outer.cpu(),), s.probabilities().detach().cpu())
+        return {"matrix": s.lines, "budget": len(s.acs) + s.extra, "lines": s.chosen(), "acs_lines": s.acs,
+                "probability": [round(float(p), 6) for p in probability]}
 
     def _write_bundle(self, *, partial: bool) -> Sequence:
-        """Write ``sequence.json``, ``recon.json`` + ``recon.pt`` (+ ``mlp.pt``), then ``summary.json`` (last: its
-        step is that of the files before it); each atomically. Returns the sequence."""
-        seq = self.model.params.sequence().detach().to("cpu")
+        """Write ``sequence.json`` (learned sampling: only the chosen lines' ADCs), ``sampling.json`` (the
+        binary mask, with ``sampling``), ``recon.json`` + ``recon.pt`` (+ ``mlp.pt``), then ``summary.json`` (last:
+        its step is that of the files before it); each atomically. Returns the sequence."""
+        seq = self.model.bundle_sequence()
         seq.save(self.out / "sequence.json")
+        if self.model.sampling is not None:
+            atomic_write_text(self.out / "sampling.json", json.dumps(self._sampling(), indent=1) + "\n")
         self.model.recon.to("cpu").save(self.out)
         self.model.recon.to(self.model.device)
         if self.model.mlp is not None:
@@ -385,7 +402,8 @@ def _lock_all(lock: RunLock, dist: Dist, where: torch.device) -> None:
 
 
 #: what a run writes before its first checkpoint
-_STARTED = (LOCK_NAME, "task.yaml", "sequence.json", "recon.json", "recon.pt", "mlp.pt", "summary.json", "history.csv")
+_STARTED = (LOCK_NAME, "task.yaml", "sequence.json", "sampling.json", "recon.json", "recon.pt", "mlp.pt",
+            "summary.json", "history.csv")
 
 
 def _remove_refused_run(folder: Path, before: set[str] | None) -> None:

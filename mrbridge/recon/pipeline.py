@@ -254,9 +254,13 @@ class Recon(nn.Module):
         return recon
 
     # ---------------------------------------------------------------- forward
-    def forward(self, raw: RawData, *, network: bool = True) -> Image:
+    def forward(self, raw: RawData, *, network: bool = True, weights: torch.Tensor | None = None) -> Image:
         """Reconstruct ``raw`` (``network=False``: without the network stage, e.g. to batch it elsewhere; an
         unrolled network then gives way to plain CG / CG-SENSE with the configured ``tikhonov``).
+
+        weights: (readouts,) real, methods fft and sense: a relaxed sampling mask (learned sampling,
+        :mod:`mrbridge.optimize.sampling`); readout r's data and its place in the encoding count weights[r]
+        (SENSE: EᴴWE x = EᴴW y), differentiably.
 
         Returns an Image with data (repetitions, contrasts, z, y, x): complex64 for
         coil_combine="sensitivity", the methods cg/sense with sensitivities, or a network; real for RSS.
@@ -266,6 +270,11 @@ class Recon(nn.Module):
         kdata = raw.kdata
         if c.prewhiten and raw.noise is not None and raw.noise.shape[-1] > raw.coils:
             kdata = prewhiten(kdata, raw.noise)
+        if weights is not None:
+            if c.method not in ("fft", "sense") or weights.shape != (raw.readouts,):
+                raise ValueError(f"weights of shape {tuple(weights.shape)} with method {c.method!r}: expected "
+                                 f"({raw.readouts},) (one per readout) and method 'fft' or 'sense'")
+            kdata = kdata * weights.to(kdata.device)[None, :, None]
         lines: dict[str, str] = {}  # readouts crossing several lines (one-ADC EPI) → virtual line readouts
         if c.method in ("fft", "sense") and not is_unencoded(raw):
             raw, kdata, lines = virtual_lines(raw, kdata, ~self._skipped(raw).cpu())
@@ -277,13 +286,15 @@ class Recon(nn.Module):
         if is_unencoded(raw):
             return self._spectra(raw, kdata, ~skip)
         view: dict[str, str] = {}  # EPI / alternating / ramp-sampled lines → Cartesian (mrbridge.recon.epi)
+        if weights is not None and (lines or needs_regrid(raw.traj, raw.header.encoded_fov, (~skip).cpu())):
+            raise ValueError("weights: the readouts are not one Cartesian line each (no weights for EPI-like data)")
         if c.method in ("fft", "sense") and needs_regrid(raw.traj, raw.header.encoded_fov, (~skip).cpu()):
             raw, kdata, view = cartesian_view(raw, kdata, ~skip, ghost=c.ghost_correction, interpolation=c.regrid,
                                               phase_rad=c.ghost_phase_rad, delay_us=c.ghost_delay_us)
         h = raw.header
         traces: list[Trace] | None = [] if network and self.unrolled is not None else None
         if c.method == "sense":
-            image = self._sense(raw, kdata, ~skip & ~calib_only, ~skip & calib, traces)
+            image = self._sense(raw, kdata, ~skip & ~calib_only, ~skip & calib, traces, weights)
         elif c.method == "fft":
             grid, _ = self._grid(raw, kdata, ~skip)
             image = self._combine(self._crop(self._fourier(raw).H(grid), raw))  # crop first: less to combine
@@ -352,8 +363,10 @@ class Recon(nn.Module):
         row = (((rep * n_con + con) * n_z + z) * ny + y) * nx
         return row, (n_rep, n_con, n_z, ny, nx)
 
-    def _grid(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero-filled Cartesian k-space (coils, reps, contrasts, z, y, x) and its sampling mask (reps, …, x).
+    def _grid(self, raw: RawData, kdata: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-filled Cartesian k-space (coils, reps, contrasts, z, y, x) and its sampling mask (reps, …, x):
+        bool, or with ``weights`` (readouts,) the mean weight of the readouts at each position (real).
 
         Sample s of a readout lands at x = s − center_sample + nx//2; repeated positions are averaged.
         """
@@ -368,7 +381,11 @@ class Recon(nn.Module):
         count = torch.bincount(idx, minlength=n)
         if int(count.max()) > 1:
             grid = grid / count.clamp_min(1).to(grid.real.dtype)
-        return grid.reshape(raw.coils, *shape), (count > 0).reshape(shape)
+        if weights is None:
+            return grid.reshape(raw.coils, *shape), (count > 0).reshape(shape)
+        w = weights.to(grid.real.dtype)[keep][:, None].expand(-1, int(inside.sum())).reshape(-1)
+        mask = w.new_zeros(n).index_add(0, idx, w) / count.clamp_min(1).to(w.dtype)
+        return grid.reshape(raw.coils, *shape), mask.reshape(shape)
 
     def _combine(self, coil_images: torch.Tensor, sens: torch.Tensor | None = None) -> torch.Tensor:
         """(coils, …, z, y, x) → (…, z, y, x): RSS (real) or sensitivity-weighted (complex)."""
@@ -402,10 +419,10 @@ class Recon(nn.Module):
         return conjugate_gradient(normal, rhs, iterations=self.config.iterations)
 
     def _sense(self, raw: RawData, kdata: torch.Tensor, imaging: torch.Tensor, acs: torch.Tensor,
-               traces: list[Trace] | None = None) -> torch.Tensor:
+               traces: list[Trace] | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
         """CG-SENSE (or the unrolled network) per (repetition, contrast[, slice]) with sensitivities from the ACS
-        lines."""
-        problems, shape = self._sense_problems(raw, kdata, imaging, acs)
+        lines; ``weights`` (readouts,): the imaging readouts' weights in the mask (``kdata`` already weighted)."""
+        problems, shape = self._sense_problems(raw, kdata, imaging, acs, weights)
         out = []
         for p in problems:
             def gram(x: torch.Tensor, p: SenseProblem = p) -> torch.Tensor:
@@ -414,13 +431,13 @@ class Recon(nn.Module):
             out.append(self._solve(gram, p.op.H(p.kspace), float(p.kspace.detach().abs().square().sum()), traces))
         return torch.stack(out).reshape(shape)
 
-    def _sense_problems(self, raw: RawData, kdata: torch.Tensor, imaging: torch.Tensor, acs: torch.Tensor
-                        ) -> tuple[list[SenseProblem], tuple[int, ...]]:
+    def _sense_problems(self, raw: RawData, kdata: torch.Tensor, imaging: torch.Tensor, acs: torch.Tensor,
+                        weights: torch.Tensor | None = None) -> tuple[list[SenseProblem], tuple[int, ...]]:
         """One SENSE problem per (repetition, contrast) volume (3-D) or slice (2-D), sensitivities (Walsh) from
         the ACS lines; and the image grid (reps, contrasts, z, y, x) they fill."""
         if not bool(acs.any()):
             raise InputError("raw data: method 'sense' needs calibration lines (ACQ_IS_PARALLEL_CALIBRATION)")
-        grid, mask = self._grid(raw, kdata, imaging)
+        grid, mask = self._grid(raw, kdata, imaging, weights)
         acs_grid, _ = self._grid(raw, kdata, acs)
         fourier = self._fourier(raw)
         coils, shape = grid.shape[0], grid.shape[1:]

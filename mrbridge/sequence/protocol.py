@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from mrbridge.errors import ConfigError
-from mrbridge.sequence.undersampling import Undersampling, acs_problem
+from mrbridge.sequence.undersampling import Undersampling, acs_problem, lines_problem
 from mrbridge.system import SYSTEMS_DIR
 from mrbridge.yamlfile import load_yaml
 
@@ -163,10 +163,12 @@ class GreProtocol(_ProtocolBase):
 
 
 def _check_undersampling(matrix: int, spec: Undersampling | None) -> None:
-    """ProtocolValueError when the ACS lines of ``spec`` do not fit the ``matrix``."""
-    problem = None if spec is None else acs_problem(matrix, spec)
-    if problem is not None:
-        assert spec is not None
+    """ProtocolValueError when the ACS or explicit lines of ``spec`` do not fit the ``matrix``."""
+    if spec is None:
+        return
+    if (problem := lines_problem(matrix, spec)) is not None:
+        raise ProtocolValueError("undersampling.lines", spec.lines, problem)
+    if (problem := acs_problem(matrix, spec)) is not None:
         raise ProtocolValueError("undersampling.acs_lines", spec.acs_lines, problem)
 
 

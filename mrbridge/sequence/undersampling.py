@@ -10,6 +10,9 @@ round(N/R) lines, ACS included:
   kept so far (ACS included), ``a`` found by bisection so that the budget fills (variable-density Poisson-disc
   in one dimension: no clusters, no large gaps, the spacing growing towards the edge of k-space).
 
+``explicit`` acquires the listed ``lines`` and the ACS lines (``acceleration`` unused): a learned mask
+(:mod:`mrbridge.optimize.sampling`) as a protocol.
+
 The ACS lines carry ISMRMRD's ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING flag (measured once, used for both).
 Patterns are seeded: the same protocol always gives the same lines.
 """
@@ -34,8 +37,9 @@ class Undersampling(BaseModel):
 
     acceleration: int = Field(default=4, ge=1, le=16, description="R: about 1/R of the lines are acquired")
     acs_lines: int = Field(default=8, ge=0, description="fully sampled central lines (calibration); 0: none")
-    pattern: Literal["uniform", "variable_density", "poisson_disc"] = "variable_density"
+    pattern: Literal["uniform", "variable_density", "poisson_disc", "explicit"] = "variable_density"
     seed: int = Field(default=0, ge=0, description="random patterns: the same seed gives the same lines")
+    lines: list[int] | None = Field(default=None, description="pattern explicit: the lines acquired (ACS added)")
 
 
 def acs_range(n: int, acs: int) -> range:
@@ -48,11 +52,20 @@ def budget(n: int, spec: Undersampling) -> int:
     return max(round(n / spec.acceleration), 1)
 
 
+def lines_problem(n: int, spec: Undersampling) -> str | None:
+    """Why ``spec.lines`` does not fit its pattern on an ``n``-line grid (the expectation), or None."""
+    if spec.pattern != "explicit":
+        return None if spec.lines is None else "must be left out unless pattern is 'explicit'"
+    if not spec.lines or len(set(spec.lines)) != len(spec.lines) or not all(0 <= i < n for i in spec.lines):
+        return f"must list distinct lines in [0, {n - 1}] (pattern 'explicit')"
+    return None
+
+
 def acs_problem(n: int, spec: Undersampling) -> str | None:
     """Why ``spec.acs_lines`` does not fit an ``n``-line grid (the expectation, for the protocol's error), or None."""
     if spec.acs_lines > n:
         return f"must be ≤ matrix = {n}"
-    if spec.pattern != "uniform" and spec.acs_lines > budget(n, spec):
+    if spec.pattern not in ("uniform", "explicit") and spec.acs_lines > budget(n, spec):
         return (f"must be ≤ matrix/acceleration = {budget(n, spec)} (the lines a {spec.pattern} pattern acquires "
                 f"at R = {spec.acceleration})")
     return None
@@ -66,6 +79,8 @@ def acquired_lines(n: int, spec: Undersampling | None) -> tuple[list[int], set[i
     if spec is None:
         return list(range(n)), set()
     acs = set(acs_range(n, spec.acs_lines))
+    if spec.pattern == "explicit":
+        return sorted(acs | set(spec.lines or ())), acs
     if spec.pattern == "uniform":
         return sorted(acs | set(range(n // 2 % spec.acceleration, n, spec.acceleration))), acs
     total = budget(n, spec)

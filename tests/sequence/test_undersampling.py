@@ -73,6 +73,19 @@ def test_acs_lines_beyond_the_budget_are_a_config_error() -> None:
         parse_protocol({"kind": "gre", "undersampling": {"acceleration": 4, "pattern": "spiral"}}, "p.yaml")
 
 
+def test_an_explicit_pattern_acquires_its_lines_and_the_acs_lines() -> None:
+    data = {"kind": "gre", "matrix": 32, "undersampling": {"pattern": "explicit", "acs_lines": 4, "lines": [3, 29, 0]}}
+    protocol = parse_protocol(data, "p.yaml")
+    lines, acs = acquired_lines(32, protocol.undersampling)  # type: ignore[union-attr]
+    assert lines == [0, 3, 14, 15, 16, 17, 29] and acs == {14, 15, 16, 17}
+    assert [lab.kspace_encode_step_1 for rep in build(protocol) for lab in rep.readouts] == lines
+    for bad in ([3, 3], [32], []):
+        with pytest.raises(ConfigError, match=r"undersampling.lines.*distinct lines in \[0, 31\]"):
+            parse_protocol({**data, "undersampling": {"pattern": "explicit", "lines": bad}}, "p.yaml")
+    with pytest.raises(ConfigError, match=r"undersampling.lines.*unless pattern is 'explicit'"):
+        parse_protocol({**data, "undersampling": {"pattern": "uniform", "lines": [1]}}, "p.yaml")
+
+
 @pytest.mark.slow
 def test_sense_unfolds_a_simulated_r3_gre() -> None:
     """A 1° flip without RF spoiling: each line sees nearly unsaturated magnetisation whenever it is acquired, so
