@@ -306,7 +306,7 @@ def refine(
     iterations: Annotated[int, typer.Option(help="Simulations with gradient (L-BFGS evaluations).")] = 200,
     tissue: Annotated[str, typer.Option(help="brain3t.yaml tissue giving the start's T1/T2.")] = "grey_matter",
     free_scale: Annotated[bool, typer.Option(help="One intensity scale per scan.")] = False,
-    smoothness: Annotated[float, typer.Option(help="Weight of the B0/B1+/coil smoothness penalty.")] = 1e-3,
+    smoothness: Annotated[float, typer.Option(help="Weight of the B0/B1+/coil smoothness penalty.")] = 1e-4,
     resume: Annotated[bool, typer.Option(help="Continue a killed refinement from its checkpoint.")] = False,
 ) -> None:
     """Fit a twin to measured raw data through the differentiable simulation of each scan's .seq."""

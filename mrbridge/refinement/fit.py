@@ -49,7 +49,7 @@ class RefineConfig(BaseModel):
     iterations: int = Field(default=200, ge=1, le=1_000_000, description="simulations (with their gradient)")
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     lr: float = Field(default=0.05, gt=0, le=10, description="Adam's step size (L-BFGS uses 1 with a line search)")
-    smoothness: float = Field(default=1e-3, ge=0, description="weight λ of the B0/B1+/coil smoothness")
+    smoothness: float = Field(default=1e-4, ge=0, description="weight λ of the B0/B1+/coil smoothness")
     free_scale: bool = Field(default=False, description="one intensity scale per scan (receiver gains differ)")
     delays: bool = Field(default=True, description="fit one gradient delay per in-plane axis")
     checkpoint_every: int = Field(default=25, ge=1)
