@@ -34,7 +34,7 @@ def main(matrix: int = 64, out: Path = Path("out/tutorial1")) -> dict[str, float
     # --8<-- [end:twin]
 
     # --8<-- [start:simulate]
-    raw = mb.simulate(seq, twin, noise=0.01, seed=0)  # the graph engine; engine="bloch" for the reference
+    raw = mb.simulate(seq, twin, noise=0.002, seed=0)  # the graph engine; engine="bloch" for the reference
     mb.write_mrd(raw, out / "raw.h5")  # ISMRMRD, as a scanner's converter would write it
     print(f"raw data: {raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples → {out / 'raw.h5'}")
     # --8<-- [end:simulate]
