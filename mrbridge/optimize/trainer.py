@@ -146,7 +146,13 @@ class Trainer:
 
     def _load(self) -> None:
         state = torch.load(self.out / CHECKPOINT, map_location=self.model.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:  # another task's parameters or recon (another matrix, network, parameter)
+            reason = str(err).splitlines()[-1].strip().rstrip(".")
+            raise InputError(f"{self.out / CHECKPOINT}: a checkpoint of another task ({reason}); expected a run of "
+                             f"{self.task.source} (the task that made it is {self.out / 'task.yaml'}), or choose "
+                             "another output folder") from None
         self.opt_seq.load_state_dict(state["opt_seq"])
         if self.opt_recon is not None:
             self.opt_recon.load_state_dict(state["opt_recon"])

@@ -54,3 +54,19 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     b = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (whole / "sequence.json").read_text() == (killed / "sequence.json").read_text()
+
+
+def test_resuming_another_task_is_a_clear_error(tmp_path: Path) -> None:
+    from mrbridge.errors import InputError
+    from mrbridge.optimize.trainer import optimize
+    from tests.optimize.tasks import GRE
+
+    out = tmp_path / "run"
+    optimize(write(tmp_path / "a.yaml", gre_from_zero(iterations=2, checkpoint_every=1, validate_every=2)), out,
+             progress=False)
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    other = gre_from_zero(iterations=4, checkpoint_every=1, validate_every=2)
+    other["sequence"]["protocol"] = other["target"]["protocol"] = {**GRE, "matrix": 16}  # twice the excitations
+    with pytest.raises(InputError, match=r"last.pt: a checkpoint of another task \(size mismatch.*b.yaml"):
+        optimize(write(tmp_path / "b.yaml", other), out, resume=True, progress=False)
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before  # the earlier run is left as it was
