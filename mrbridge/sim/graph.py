@@ -126,8 +126,6 @@ def simulate_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCUR
     Tensor  # (coils, adc_samples) complex64 (complex128 in float64), in acquisition order;
             # (batch, coils, adc_samples) for a batch of twins
     """
-    if not accuracy > 0:
-        raise ValueError(f"accuracy = {accuracy}, expected > 0")
     batched = twin.pd.dim() == 4
     tissue, reps = _prepare(seq, twin)
     if plan is not None and len(plan.steps) != len(reps):
@@ -187,8 +185,6 @@ class GraphPlan:
 
 def plan_graph(seq: Sequence, twin: Twin, *, accuracy: float = DEFAULT_ACCURACY) -> GraphPlan:
     """The pre-pass of :func:`simulate_graph` alone, to reuse over many simulations (a fit of B0, PD, coils)."""
-    if not accuracy > 0:
-        raise ValueError(f"accuracy = {accuracy}, expected > 0")
     tissue, reps = _prepare(seq, twin)
     return GraphPlan(_plan(reps, tissue, accuracy))
 
@@ -392,6 +388,8 @@ def _plan(reps: list[_RepTensors], tissue: _Tissue, accuracy: float) -> list[_St
     Keys are followed as floats (for the bounds) and as integers in quanta (their identity, so that merging is
     exact and each state has at most one parent of each kind).
     """
+    if not accuracy > 0:
+        raise ValueError(f"accuracy = {accuracy}, expected > 0")
     t1, t2, b1 = (m.numpy() for m in tissue.representatives())
     r2dash = float(tissue.r2dash.detach().clamp(min=0).min()) if tissue.V else 0.0
     size = tissue.size.detach().to("cpu", torch.float64).numpy()
