@@ -2,7 +2,7 @@
 
 Run by hand (minutes; never part of pass/fail), e.g.::
 
-    nice -n 10 .venv/bin/python bench/unrolled_table.py --out out/unrolled --train-minutes 12 --post-minutes 5
+    nice -n 10 .venv/bin/python bench/unrolled_table.py --out out/unrolled --train-minutes 12
 
 Data (``bench/unrolled_data.py``): 64², 8 simulated coils, randomised twins simulated once fully sampled with
 ``protocols/gre.yaml``; twins 0 … 31 train, 32 … 39 are held out. Accelerated scans are the lines of a seeded
@@ -134,15 +134,21 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None, help="simulated signals (default: OUT/signals)")
     ap.add_argument("--noise", type=float, default=5e-4, help="σ relative to the twin's max |k|")
     ap.add_argument("--train-minutes", type=float, default=12.0)
-    ap.add_argument("--post-minutes", type=float, default=5.0)
+    ap.add_argument("--post-minutes", type=float, default=None, help="CG + U-Net's budget (default: the "
+                    "unrolled net's, --train-minutes)")
     ap.add_argument("--features", type=int, default=16)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam's rate of the unrolled U-Net (λₙ: 2e-2)")
-    ap.add_argument("--post-lr", type=float, default=3e-4, help="Adam's rate of CG + U-Net (1e-3 with random "
-                    "phases left its U-Net the identity: dead residual)")
+    ap.add_argument("--post-lr", type=float, default=1e-3, help="Adam's rate of CG + U-Net")
     ap.add_argument("--network-phase", choices=["as_is", "normalised"], default="normalised",
                     help="networks see images without their smooth phase (both networks)")
+    ap.add_argument("--network-init", type=float, default=0.01,
+                    help="std of each U-Net's last layer at the start (both networks; 0: the identity, whose "
+                    "training can sit on that plateau)")
+    ap.add_argument("--unrolled-from", type=Path, default=None,
+                    help="take the unrolled bundle of an earlier run instead of training one (to give CG + U-Net "
+                    "the same training time)")
     ap.add_argument("--phase", action=argparse.BooleanOptionalAction, default=True,
                     help="train on images with random smooth phases (both networks)")
     args = ap.parse_args()
@@ -161,7 +167,8 @@ def main() -> None:
     best = {r: best_lambda(train_raws[:8], train_truths[:8], r, args.noise) for r in (4, 6)}
     print(f"best λ: {best}", flush=True)
 
-    net = {"network_features": args.features, "network_depth": args.depth, "network_phase": args.network_phase}
+    net = {"network_features": args.features, "network_depth": args.depth, "network_phase": args.network_phase,
+           "network_init": args.network_init}
     unrolled = Recon(ReconConfig.model_validate(
         {"method": "sense", "coil_combine": "sensitivity", "network": "unrolled", **net,
          "unrolled": {"iterations": 6, "prior": "unet", "lambdas": "trained", "shared_weights": True,
@@ -171,13 +178,18 @@ def main() -> None:
     n_unrolled = sum(p.numel() for p in unrolled.parameters())
     n_post = sum(p.numel() for p in cg_unet.parameters())
     print(f"parameters: unrolled {n_unrolled}, CG + U-Net {n_post}", flush=True)
-    print("training unrolled …", flush=True)
-    u_steps, u_time, u_hist = train(unrolled, train_raws, train_truths, args.noise, args.train_minutes, 1,
-                                     args.phase, args.lr)
+    if args.unrolled_from:  # the unrolled net of an earlier run (its training time is in that run's table)
+        unrolled = Recon.load(args.unrolled_from)
+        u_steps, u_time, u_hist = 0, 0.0, list[float]()
+    else:
+        print("training unrolled …", flush=True)
+        u_steps, u_time, u_hist = train(unrolled, train_raws, train_truths, args.noise, args.train_minutes, 1,
+                                         args.phase, args.lr)
     (out / "unrolled").mkdir(exist_ok=True)
     unrolled.save(out / "unrolled")
     print("training CG + U-Net …", flush=True)
-    p_steps, p_time, p_hist = train(cg_unet, train_raws, train_truths, args.noise, args.post_minutes, 2, args.phase,
+    post_minutes = args.train_minutes if args.post_minutes is None else args.post_minutes
+    p_steps, p_time, p_hist = train(cg_unet, train_raws, train_truths, args.noise, post_minutes, 2, args.phase,
                                      args.post_lr)
     (out / "cg_unet").mkdir(exist_ok=True)
     cg_unet.save(out / "cg_unet")
@@ -206,16 +218,17 @@ def main() -> None:
             rows.append((name, r, np.mean(ps), np.std(ps), np.mean(ss), np.mean(dcs), 1e3 * np.mean(ts)))
             print(f"R={r} {name}: PSNR {np.mean(ps):.2f} SSIM {np.mean(ss):.3f}", flush=True)
     assert unrolled.unrolled is not None
-    lambdas = [round(float(v), 3) for v in unrolled.unrolled.lambdas()]
+    lambdas = [round(float(v), 3) for v in unrolled.unrolled.lambdas().detach()]
     lines = ["| method | R | PSNR / dB (± sd) | SSIM | DC ‖Ex−y‖/‖y‖ | time / ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {r} | {p:.2f} ± {sd:.2f} | {s:.3f} | {dc:.4f} | {t:.0f} |" for n, r, p, sd, s, dc, t in rows]
     lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; test twins {TEST[0]}–{TEST[-1]} (held out), "
               f"variable-density masks (ACS {ACS}), 64², 8 coils",
               f"trained λₙ (n = 1 … 6): {lambdas}  (seed pattern: 7.05, 7.05, 3.91, 1.85, 1.11, 0.91)",
               f"parameters: unrolled {n_unrolled} (shared U-Net + 6 λ), CG + U-Net {n_post}",
-              f"training: unrolled {u_steps} steps in {u_time / 60:.1f} min, CG + U-Net {p_steps} steps in "
+              f"training: unrolled {f'from {args.unrolled_from}' if args.unrolled_from else f'{u_steps} steps'} "
+              f"in {u_time / 60:.1f} min, CG + U-Net {p_steps} steps in "
               f"{p_time / 60:.1f} min; random image phase in training: {args.phase}, network phase "
-              f"{args.network_phase}; torch threads "
+              f"{args.network_phase}, last layers starting at std {args.network_init:g}; torch threads "
               f"{args.threads}; load average at start {load[0]:.2f}, "
               f"at end {os.getloadavg()[0]:.2f} (2 cores, shared)"]
     text = "\n".join(lines) + "\n"

@@ -1,7 +1,9 @@
 """Optional image-domain networks of the Recon: a residual CNN and a small U-Net on (real, imag) channels.
 
 Both map a complex image (…, z, y, x) to a complex image of the same shape, slice by slice in z, and add
-their output to the input (residual), so zero-initialised last layers leave the image unchanged.
+their output to the input (residual), so zero-initialised last layers leave the image unchanged. A last layer
+drawn with a small standard deviation instead (``last_std``) lets the layers below it learn from the first step:
+behind a zero one their gradient is zero, and training can sit on the identity for hundreds of steps.
 """
 
 from __future__ import annotations
@@ -11,6 +13,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _init_last(conv: nn.Conv2d, std: float) -> None:
+    """Zero bias; weights zero (the network starts as the identity) or N(0, std²)."""
+    assert conv.bias is not None
+    nn.init.zeros_(conv.bias)
+    if std > 0:
+        nn.init.normal_(conv.weight, std=std)
+    else:
+        nn.init.zeros_(conv.weight)
 
 
 def _to_channels(image: torch.Tensor) -> torch.Tensor:
@@ -30,14 +42,13 @@ def _from_channels(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class SimpleCNN(nn.Module):
     """Residual CNN: ``depth`` 3×3 convolutions with ``features`` channels and ReLU."""
 
-    def __init__(self, features: int = 32, depth: int = 5) -> None:
+    def __init__(self, features: int = 32, depth: int = 5, last_std: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(2, features, 3, padding=1), nn.ReLU()]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(features, features, 3, padding=1), nn.ReLU()]
         last = nn.Conv2d(features, 2, 3, padding=1)
-        for p in last.parameters():
-            nn.init.zeros_(p)
+        _init_last(last, last_std)
         self.body = nn.Sequential(*layers, last)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -53,7 +64,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class UNet(nn.Module):
     """Residual U-Net with ``levels`` down/up-sampling steps, ``features`` channels at the top level."""
 
-    def __init__(self, features: int = 16, levels: int = 2) -> None:
+    def __init__(self, features: int = 16, levels: int = 2, last_std: float = 0.0) -> None:
         super().__init__()
         self.levels = levels
         widths = [features * 2**i for i in range(levels + 1)]
@@ -63,8 +74,7 @@ class UNet(nn.Module):
         )
         self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(levels))])
         self.out = nn.Conv2d(widths[0], 2, 1)
-        for p in self.out.parameters():
-            nn.init.zeros_(p)
+        _init_last(self.out, last_std)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image (…, z, y, x) complex → (…, z, y, x) complex."""
@@ -82,10 +92,12 @@ class UNet(nn.Module):
         return _from_channels(x + residual, image if image.is_complex() else image.to(torch.complex64))
 
 
-def build_network(kind: Literal["none", "cnn", "unet"], *, features: int, depth: int) -> nn.Module | None:
-    """The network of a ReconConfig (``depth``: conv layers of the CNN, levels of the U-Net)."""
+def build_network(kind: Literal["none", "cnn", "unet"], *, features: int, depth: int,
+                  last_std: float = 0.0) -> nn.Module | None:
+    """The network of a ReconConfig (``depth``: conv layers of the CNN, levels of the U-Net; ``last_std``: its
+    last layer's starting weights, 0 for the identity)."""
     if kind == "cnn":
-        return SimpleCNN(features, depth)
+        return SimpleCNN(features, depth, last_std)
     if kind == "unet":
-        return UNet(features, depth)
+        return UNet(features, depth, last_std)
     return None

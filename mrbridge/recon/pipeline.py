@@ -98,6 +98,10 @@ class ReconConfig(BaseModel):
     network: Literal["none", "cnn", "unet", "unrolled"] = "none"
     network_features: int = Field(default=16, ge=1, description="channels of the network (unrolled: of each prior)")
     network_depth: int = Field(default=3, ge=1, description="conv layers (cnn, ≥ 2) or levels (unet)")
+    network_init: float = Field(
+        default=0.0, ge=0, le=1, description="std of each network's last layer at the start: 0 starts it as the "
+        "identity; a small one (0.01) lets the layers below train from the first step"
+    )
     network_phase: Literal["as_is", "normalised"] = Field(
         default="as_is", description="normalised: the network (unrolled: each prior) sees the image without its "
         "smooth phase, restored after (mrbridge.recon.phase)"
@@ -198,10 +202,11 @@ class Recon(nn.Module):
         unrolled = c.network == "unrolled"
         phase = c.network_phase == "normalised"
         network = None if c.network == "unrolled" else build_network(
-            c.network, features=c.network_features, depth=c.network_depth)
+            c.network, features=c.network_features, depth=c.network_depth, last_std=c.network_init)
         self.network = PhaseNormalised(network) if phase and network is not None else network
         self.unrolled = UnrolledSense(c.unrolled or UnrolledConfig(), features=c.network_features,
-                                      depth=c.network_depth, phase_normalised=phase) if unrolled else None
+                                      depth=c.network_depth, phase_normalised=phase,
+                                      last_std=c.network_init) if unrolled else None
         # λ = exp(log_tikhonov) when trained: positive, and Adam steps are relative changes of λ
         self.log_tikhonov = nn.Parameter(torch.tensor(math.log(c.tikhonov))) if c.train_tikhonov else None
 

@@ -86,11 +86,13 @@ class UnrolledSense(nn.Module):
     """N regularised-SENSE steps, each followed by a learned prior (see the module docstring); with
     ``phase_normalised`` the priors see the images without their smooth phase (:mod:`mrbridge.recon.phase`)."""
 
-    def __init__(self, config: UnrolledConfig, *, features: int, depth: int, phase_normalised: bool = False) -> None:
+    def __init__(self, config: UnrolledConfig, *, features: int, depth: int, phase_normalised: bool = False,
+                 last_std: float = 0.0) -> None:
         super().__init__()
         self.config = config
         n_nets = 1 if config.shared_weights else config.iterations
-        nets = [build_network(config.prior, features=features, depth=depth) for _ in range(n_nets)]
+        nets = [build_network(config.prior, features=features, depth=depth, last_std=last_std)
+                for _ in range(n_nets)]
         self.priors = nn.ModuleList([PhaseNormalised(n) if phase_normalised else n for n in nets if n is not None])
         log = torch.tensor([math.log(v) for v in config.initial_lambdas()])
         if config.lambdas == "trained":

@@ -116,6 +116,31 @@ def test_save_load_gives_identical_output(tmp_path: Path) -> None:
     assert again.unrolled is not None and len(again.unrolled.priors) == 2
 
 
+@pytest.mark.parametrize("prior", ["unet", "cnn"])
+def test_a_small_last_layer_lets_every_layer_learn_from_the_first_step(prior: str) -> None:
+    """network_init 0: each prior starts as the identity and only its last layer has a gradient; 0.01: the
+    output moves a little and every layer has one (the plateau a zero last layer sits on)."""
+    raw = undersampled_raw()
+    grads = {}
+    for std in (0.0, 0.01):
+        torch.manual_seed(0)
+        net = Recon(ReconConfig.model_validate({
+            "method": "sense", "coil_combine": "sensitivity", "iterations": 4, "network": "unrolled",
+            "network_features": 4, "network_depth": 2, "network_init": std,
+            "unrolled": {"iterations": 2, "lambda_init": [1.0, 1.0], "cg_iterations": 4, "prior": prior}}))
+        out = net(raw).data
+        out.abs().sum().backward()
+        assert net.unrolled is not None
+        grads[std] = [float(p.grad.abs().max()) if p.grad is not None else 0.0
+                      for p in net.unrolled.priors.parameters()]
+        with torch.no_grad():
+            identity = unrolled([1.0, 1.0], cg=4, prior=prior)(raw).data
+        change = nrmse(out.detach(), identity)
+        assert change == 0.0 if std == 0 else 0 < change < 0.05
+    assert sum(g > 0 for g in grads[0.0]) == 2 * 2  # each of the 2 priors: its last layer's weight and bias
+    assert all(g > 0 for g in grads[0.01])
+
+
 def test_shared_weights_use_one_prior() -> None:
     net = unrolled([1.0] * 4, shared_weights=True)
     assert net.unrolled is not None and len(net.unrolled.priors) == 1
