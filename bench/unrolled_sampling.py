@@ -6,8 +6,9 @@ Run by hand after ``bench/unrolled_table.py`` (its unrolled bundle is the warm s
 
 The 8 ACS lines are always acquired; 8 of the other 56 lines are chosen (16 of 64: R = 4). LOUPE (Bahadir et al.
 2019) as the task parameter ``sampling`` does it (:class:`mrbridge.optimize.sampling.LineSampling`): a probability
-per line, p = σ(a·w) rescaled to the budget's mean, and a relaxed binary mask m = σ(b·(p − u)), u ~ U(0, 1) drawn
-each step, enter the unrolled recon's encoding (EᴴE x = Eᴴ(m·E x)), so the loss trains the line probabilities
+per line, p = σ(a·w) rescaled to the budget's mean, and a mask drawn each step (line kept where p > u,
+u ~ U(0, 1); the gradient of the relaxed m = σ(b·(p − u))) enter the unrolled recon's encoding
+(EᴴE x = Eᴴ(m·E x)), so the loss trains the line probabilities
 together with the recon. For export the mask becomes binary: the 8 most probable lines. (The task trains through
 the simulation, ``protocols/learned_sampling_r4.yaml``; this bench on retrospectively undersampled data.) The
 baseline gets the same recon, warm start and wall-clock budget, fine-tuned on fresh variable-density masks each

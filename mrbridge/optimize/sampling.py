@@ -5,9 +5,15 @@ The task parameter ``sampling`` trains one logit per line outside the ACS centre
 fully sampled (every line, the ACS lines flagged); the line weights enter the recon's encoding
 (EᴴWE x = EᴴW y, :meth:`mrbridge.recon.pipeline.Recon.forward`):
 
-* in training a relaxed mask: p = σ(slope·logit) rescaled to the budget's mean α (LOUPE), then
-  m = σ(sharpness·(p − u)) with u ~ U(0, 1) drawn at every step, so the loss trains the logits with the recon;
+* in training a drawn mask: p = σ(slope·logit) rescaled to the budget's mean α (LOUPE), u ~ U(0, 1) drawn at
+  every step, and the line kept where p > u; its gradient is that of the relaxed mask σ(sharpness·(p − u))
+  (straight-through; ``estimator: relaxed`` trains on the relaxed mask itself, as LOUPE does), so the loss trains
+  the logits with the recon, and the recon trains on binary masks like the one it will see;
 * for validation and export the binary mask: the most probable lines that fill the budget, plus the ACS lines.
+
+``init: pattern`` starts from the protocol's own lines (its ``undersampling`` pattern and seed); with
+``train: false`` the mask stays there, so the same task trains the recon alone for that fixed mask (the baseline a
+learned mask must beat).
 
 The bundle's sequence acquires the chosen lines only, so ``export`` writes those lines, the ACS ones labelled
 REF/IMA: the protocol with an ``explicit`` undersampling pattern when nothing else trains (the lines left out take
@@ -25,7 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from mrbridge.sequence.model import Repetition, Sequence
-from mrbridge.sequence.undersampling import Undersampling, acs_range, budget
+from mrbridge.sequence.undersampling import Undersampling, acquired_lines, acs_range, budget
+
+#: starting probabilities of ``init: pattern`` (before the rescaling): the protocol's lines, the others
+PATTERN_P = (0.9, 0.05)
 
 
 class SamplingParam(BaseModel):
@@ -35,10 +44,15 @@ class SamplingParam(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: Literal["sampling"]
-    init: Literal["zero", "random"] = Field(
-        default="zero", description="zero: every line equally likely; random: probabilities uniform in (0, 1)")
+    init: Literal["zero", "random", "pattern"] = Field(
+        default="zero", description="zero: every line equally likely; random: probabilities uniform in (0, 1); "
+        f"pattern: the protocol's own lines probability {PATTERN_P[0]}, the others {PATTERN_P[1]}")
     slope: float = Field(default=5.0, gt=0, description="line probability σ(slope·logit) before the rescaling")
     sharpness: float = Field(default=12.0, gt=0, description="relaxed mask σ(sharpness·(p − u)), u ~ U(0, 1)")
+    estimator: Literal["straight_through", "relaxed"] = Field(
+        default="straight_through", description="training mask: binary draws with the relaxed mask's gradient, "
+        "or the relaxed mask")
+    train: bool = Field(default=True, description="false: the mask keeps its start (the recon trains for it)")
     lr: float | None = Field(default=None, gt=0, description="learning rate (default: optimizer.lr)")
 
 
@@ -64,10 +78,16 @@ class LineSampling(nn.Module):
         self.register_buffer("outer", torch.tensor([i for i in range(lines) if i not in self.acs], dtype=torch.long))
         self.extra = budget(lines, undersampling) - len(self.acs)  # lines to choose outside the ACS centre
         self.logits = nn.Parameter(torch.zeros(lines - len(self.acs)))
+        p = None
         if spec.init == "random":
             p = np.random.default_rng(seed).uniform(0.01, 0.99, size=lines - len(self.acs))
+        elif spec.init == "pattern":
+            own = set(acquired_lines(lines, undersampling)[0])
+            p = np.array([PATTERN_P[0] if int(i) in own else PATTERN_P[1] for i in self.outer])
+        if p is not None:
             with torch.no_grad():
                 self.logits.copy_(torch.from_numpy(np.log(p) - np.log1p(-p)) / spec.slope)
+        self.logits.requires_grad_(spec.train)
 
     def probabilities(self) -> torch.Tensor:
         """(N − acs,) line probabilities with mean extra/(N − acs) (LOUPE's rescaling)."""
@@ -82,16 +102,19 @@ class LineSampling(nn.Module):
         return sorted(self.acs + [int(i) for i in self.outer[top].cpu()])
 
     def weights(self, *, binary: bool, seed: int = 0) -> torch.Tensor:
-        """(N,) weight of each line: 1 on the ACS lines; outside them the binary mask, or the relaxed one with u
-        drawn from ``seed`` (differentiable w.r.t. the logits)."""
-        if binary:
+        """(N,) weight of each line: 1 on the ACS lines; outside them the binary mask (also in training when the
+        mask does not train), or the training mask with u drawn from ``seed``: drawn lines (p > u) with the
+        gradient of the relaxed mask, or the relaxed mask (differentiable w.r.t. the logits)."""
+        if binary or not self.spec.train:
             out = torch.zeros(self.lines, device=self.logits.device)
             out[self.chosen()] = 1.0
             return out
         p = self.probabilities()
         u = torch.rand(p.shape, generator=torch.Generator().manual_seed(seed), dtype=p.dtype).to(p.device)
-        relaxed = torch.sigmoid(self.spec.sharpness * (p - u))
-        return torch.ones(self.lines, dtype=p.dtype, device=p.device).index_put((self.outer,), relaxed)
+        mask = torch.sigmoid(self.spec.sharpness * (p - u))
+        if self.spec.estimator == "straight_through":
+            mask = (p > u).to(p.dtype) + (mask - mask.detach())
+        return torch.ones(self.lines, dtype=p.dtype, device=p.device).index_put((self.outer,), mask)
 
 
 def select_lines(seq: Sequence, lines: list[int]) -> Sequence:

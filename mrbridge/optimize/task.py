@@ -23,7 +23,7 @@ from mrbridge.optimize.sampling import SamplingParam
 from mrbridge.recon.pipeline import ReconConfig
 from mrbridge.sequence.model import Sequence
 from mrbridge.sequence.protocol import Protocol, ProtocolValueError, parse_protocol
-from mrbridge.sequence.undersampling import Undersampling, budget
+from mrbridge.sequence.undersampling import Undersampling, acquired_lines, budget
 from mrbridge.system import System
 from mrbridge.yamlfile import load_yaml
 
@@ -461,6 +461,14 @@ class ResolvedTask:
             raise ConfigError(f"{where}: the budget round(matrix/acceleration) = {budget(n, spec_us)} lines leaves "
                               f"none to learn beside undersampling.acs_lines = {spec_us.acs_lines}; expected fewer "
                               "ACS lines or a lower acceleration")
+        if spec.init == "pattern" and (own := len(acquired_lines(n, spec_us)[0])) != budget(n, spec_us):
+            raise ConfigError(f"{self._where(f'parameters.{i}.init')} = 'pattern': the protocol's "
+                              f"{spec_us.pattern!r} lines ({own}) are not the budget round(matrix/acceleration) = "
+                              f"{budget(n, spec_us)}; expected a variable_density or poisson_disc pattern")
+        if not spec.train and spec.init == "zero":
+            raise ConfigError(f"{self._where(f'parameters.{i}.train')} = false with init 'zero': every line is "
+                              "equally likely, so the fixed mask would be arbitrary; expected init 'pattern' or "
+                              "'random'")
         method = self.task.recon.config.method
         if method not in ("sense", "fft"):
             raise ConfigError(f"{self._where('recon.config.method')} = {method!r}: learned sampling weights the "

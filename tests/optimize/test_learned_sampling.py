@@ -19,13 +19,13 @@ from mrbridge.cli import app
 from mrbridge.errors import ConfigError
 from mrbridge.optimize.data import TwinSet
 from mrbridge.optimize.model import JointModel
-from mrbridge.optimize.sampling import select_lines
+from mrbridge.optimize.sampling import LineSampling, SamplingParam, select_lines
 from mrbridge.optimize.task import load_task, parse_task
 from mrbridge.optimize.trainer import optimize
 from mrbridge.raw.seqreadouts import read_seq_readouts
 from mrbridge.recon.pipeline import Recon, ReconConfig
 from mrbridge.sequence.model import Sequence
-from mrbridge.sequence.undersampling import ACS_FLAGS, acs_range
+from mrbridge.sequence.undersampling import ACS_FLAGS, Undersampling, acquired_lines, acs_range
 from mrbridge.sim.common import to_rawdata
 from mrbridge.sim.graph import simulate_graph
 from mrbridge.twin.phantoms import builtin
@@ -72,6 +72,12 @@ def test_the_shipped_task_validates() -> None:
     ({"recon": {"config": {"method": "cg"}}}, r"field 'recon\.config\.method' = 'cg': .* expected 'sense' or 'fft'"),
     ({"parameters": [{"name": "sampling", "slope": 0}]}, r"field 'parameters\.0\.slope' = 0: .*greater than 0"),
     ({"parameters": [{"name": "sampling", "budget": 3}]}, r"field 'parameters\.0\.budget' = 3: unknown key"),
+    ({"parameters": [{"name": "sampling", "init": "pattern"}],
+      "sequence": {"protocol": str(REPO / "protocols" / "gre_r4.yaml"),
+                   "set": {**SMALL, "undersampling": {"acceleration": 4, "acs_lines": 2, "pattern": "uniform"}}}},
+     r"field 'parameters\.0\.init' = 'pattern': the protocol's 'uniform' lines \(5\) are not the budget"),
+    ({"parameters": [{"name": "sampling", "train": False}]},
+     r"field 'parameters\.0\.train' = false with init 'zero': every line is equally likely"),
     ({"parameters": [{"name": "sampling"}, {"name": "sampling"}]},
      r"field 'parameters\.1\.name' = 'sampling': expected at most one"),
 ])
@@ -114,6 +120,37 @@ def test_the_logits_learn_through_the_relaxed_mask() -> None:
     grad = sampling.logits.grad
     assert grad is not None and grad.shape == (N - ACS,)
     assert bool(torch.isfinite(grad).all()) and float(grad.abs().max()) > 0
+
+
+def test_straight_through_trains_on_binary_draws() -> None:
+    """The default training mask is binary in value (the recon sees masks like the exported one) while the
+    logits still get the relaxed mask's gradient; the LOUPE mask of ``estimator: relaxed`` is fractional."""
+    spec = SamplingParam(name="sampling", init="random")
+    sampling = LineSampling(spec, N, Undersampling(acceleration=2, acs_lines=ACS))
+    drawn = sampling.weights(binary=False, seed=3)
+    assert set(drawn.detach().unique().tolist()) <= {0.0, 1.0}
+    (drawn * torch.arange(N)).sum().backward()
+    assert sampling.logits.grad is not None and float(sampling.logits.grad.abs().max()) > 0
+    relaxed = LineSampling(spec.model_copy(update={"estimator": "relaxed"}), N,
+                           Undersampling(acceleration=2, acs_lines=ACS)).weights(binary=False, seed=3)
+    assert bool(((relaxed > 0) & (relaxed < 1)).any())
+
+
+@pytest.mark.parametrize("pattern", ["variable_density", "poisson_disc"])
+def test_pattern_start_is_the_protocols_mask_and_stays_when_not_trained(pattern: str) -> None:
+    undersampling = Undersampling(acceleration=4, acs_lines=4, pattern=pattern, seed=5)
+    own = acquired_lines(32, undersampling)[0]
+    fixed = LineSampling(SamplingParam(name="sampling", init="pattern", train=False), 32, undersampling)
+    assert fixed.chosen() == own and not fixed.logits.requires_grad
+    expected = torch.zeros(32)
+    expected[own] = 1.0
+    assert torch.equal(fixed.weights(binary=False, seed=1), expected)  # training sees the mask itself
+    learned = LineSampling(SamplingParam(name="sampling", init="pattern"), 32, undersampling)
+    assert learned.chosen() == own and learned.logits.requires_grad
+    p = learned.probabilities().detach()
+    inside = torch.tensor([int(i) in own for i in learned.outer])
+    assert float(p[inside].min()) > 5 * float(p[~inside].max())  # the start favours the pattern, not only it
+    assert float(p.mean()) == pytest.approx(learned.extra / len(p))
 
 
 def _image(path: Path) -> np.ndarray:
