@@ -105,15 +105,15 @@ def test_the_line_weights_enter_the_encoding_as_the_binary_mask_does() -> None:
         Recon(ReconConfig(method="cg"))(raw_full, weights=torch.ones(N))
 
 
-def test_the_logits_learn_through_the_relaxed_mask() -> None:
+def test_the_logits_learn_through_the_training_mask() -> None:
     torch.manual_seed(0)
     task = parse_task(tiny(), "task.yaml", REPO)
     model = JointModel(task, TwinSet(task.task.data, N, "task.yaml"))
     sampling = model.sampling
     assert sampling is not None and model.sequence_parameters() == [sampling.logits]
-    relaxed = sampling.weights(binary=False)
-    assert relaxed.shape == (N,) and bool((relaxed[list(acs_range(N, ACS))] == 1).all())
-    assert 0 < float(relaxed.detach().sum()) < N
+    drawn = sampling.weights(binary=False)
+    assert drawn.shape == (N,) and bool((drawn[list(acs_range(N, ACS))] == 1).all())
+    assert 0 < float(drawn.detach().sum()) < N
     binary = sampling.weights(binary=True)
     assert int(binary.sum()) == BUDGET and set(binary.nonzero().flatten().tolist()) >= set(acs_range(N, ACS))
     model.loss_terms(model([0], [1]))["loss"].backward()
