@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
     work = args.output or Path(tempfile.mkdtemp(prefix="learned_sampling_"))
+    work.mkdir(parents=True, exist_ok=True)
     print(f"{'pattern':>7} {'seed':>4} {'mask':<8} {'NRMSE':>7} {'PSNR dB':>8} {'SSIM':>6} {'s':>5}  lines")
     gains = []
     for pattern in args.patterns:
@@ -56,7 +57,6 @@ def main() -> None:
             for train in (False, True):
                 name = f"p{pattern}_s{seed}_{'learned' if train else 'fixed'}"
                 path = work / f"{name}.yaml"
-                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(yaml.safe_dump(task(pattern, seed, train, args.iterations), sort_keys=False))
                 started = time.perf_counter()
                 summary = optimize(path, work / name, progress=False)

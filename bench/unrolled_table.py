@@ -21,7 +21,7 @@ seed, noise seed; by default each with a random smooth image phase, and both net
 ``mrbridge.recon.phase``: without, the simulation-trained nets fail on scanner phases). Metrics on magnitudes
 scaled by the target's maximum: PSNR (whole 64² image), SSIM, the
 data-consistency residual ‖E x − y‖/‖y‖ (E with the recon's own ACS sensitivities), and the mean recon time per
-image. Writes ``table.md``, ``lambdas.json`` and the two bundles (``unrolled/``, ``cg_unet/``) into ``--out``.
+image. Writes ``table.md``, ``lambdas.json`` and the bundles it trains (``unrolled/``, ``cg_unet/``) into ``--out``.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def main() -> None:
 
     net = {"network_features": args.features, "network_depth": args.depth, "network_phase": args.network_phase,
            "network_init": args.network_init}
-    unrolled = Recon(ReconConfig.model_validate(
+    # the unrolled net: that of an earlier run (its training time is in that run's table), or a new one
+    unrolled = Recon.load(args.unrolled_from) if args.unrolled_from else Recon(ReconConfig.model_validate(
         {"method": "sense", "coil_combine": "sensitivity", "network": "unrolled", **net,
          "unrolled": {"iterations": 6, "prior": "unet", "lambdas": "trained", "shared_weights": True,
                       "cg_iterations": 6}}))
@@ -178,15 +179,13 @@ def main() -> None:
     n_unrolled = sum(p.numel() for p in unrolled.parameters())
     n_post = sum(p.numel() for p in cg_unet.parameters())
     print(f"parameters: unrolled {n_unrolled}, CG + U-Net {n_post}", flush=True)
-    if args.unrolled_from:  # the unrolled net of an earlier run (its training time is in that run's table)
-        unrolled = Recon.load(args.unrolled_from)
-        u_steps, u_time, u_hist = 0, 0.0, list[float]()
-    else:
+    u_steps, u_time, u_hist = 0, 0.0, list[float]()
+    if not args.unrolled_from:
         print("training unrolled …", flush=True)
         u_steps, u_time, u_hist = train(unrolled, train_raws, train_truths, args.noise, args.train_minutes, 1,
                                          args.phase, args.lr)
-    (out / "unrolled").mkdir(exist_ok=True)
-    unrolled.save(out / "unrolled")
+        (out / "unrolled").mkdir(exist_ok=True)
+        unrolled.save(out / "unrolled")
     print("training CG + U-Net …", flush=True)
     post_minutes = args.train_minutes if args.post_minutes is None else args.post_minutes
     p_steps, p_time, p_hist = train(cg_unet, train_raws, train_truths, args.noise, post_minutes, 2, args.phase,

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mrbridge.errors import InputError
+from mrbridge.optimize.trainer import optimize
 from tests.helpers import REPO
-from tests.optimize.tasks import gre_from_zero, write
+from tests.optimize.tasks import GRE, gre_from_zero, write
 
 RUNNER = Path(__file__).with_name("runner.py")
 
@@ -57,10 +59,6 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_resuming_another_task_is_a_clear_error(tmp_path: Path) -> None:
-    from mrbridge.errors import InputError
-    from mrbridge.optimize.trainer import optimize
-    from tests.optimize.tasks import GRE
-
     out = tmp_path / "run"
     optimize(write(tmp_path / "a.yaml", gre_from_zero(iterations=2, checkpoint_every=1, validate_every=2)), out,
              progress=False)
