@@ -1,10 +1,10 @@
 """Where a refinement starts when no twin is given: the maps the measured data show directly.
 
 PD and the coils come from the first echo's image (the adjoint of the scan's own encoding on the twin grid, the
-k-space divided by the box shape of the twin's voxels first), the
-object mask from its magnitude, B0 and T2′ from the first two echoes of a multi-echo scan (phase difference and
-magnitude decay), T1 and T2 from a tissue of ``calibration/phantoms/brain3t.yaml`` (T2 raised to the measured T2*
-where that is longer: T2 ≥ T2*), B1+ uniform.
+k-space divided by the box shape of the twin's voxels first), the object mask from its magnitude. A multi-echo
+scan gives B0 (the phase difference of its first two echoes) and T2′ (the decay over all its echoes, a weighted
+log-linear fit). T1 and T2 come from a tissue of ``calibration/phantoms/brain3t.yaml`` (T2 raised to the measured
+T2* where that is longer: T2 ≥ T2*), B1+ is uniform.
 """
 
 from __future__ import annotations
@@ -63,6 +63,22 @@ def smooth(values: torch.Tensor, mask: torch.Tensor, sigma: float = SMOOTH_SIGMA
     return blur(values * mask) / weight
 
 
+def decay_rate(magnitudes: torch.Tensor, echo_times: list[float]) -> torch.Tensor:
+    """R2* (1/s) per voxel: the slope of the log-linear least-squares fit of the echo magnitudes, each weighted by
+    its square (the log of a noisy magnitude has a variance ∝ 1/m²); for two echoes ln(m₁/m₂)/ΔTE.
+
+    magnitudes: (echoes, y, x) real ≥ 0;  echo_times: (echoes,) s, not all equal.  Returns (y, x) float64.
+    """
+    m = magnitudes.to(torch.float64)
+    t = torch.tensor(echo_times, dtype=torch.float64)[:, None, None]
+    log_m = torch.log(m.clamp_min(1e-12 * float(m.max())))
+    w = m.square()
+    total = w.sum(0).clamp_min(1e-300)
+    t_mean, log_mean = (w * t).sum(0) / total, (w * log_m).sum(0) / total
+    slope = (w * (t - t_mean) * (log_m - log_mean)).sum(0) / (w * (t - t_mean).square()).sum(0).clamp_min(1e-300)
+    return -slope
+
+
 def object_mask(magnitude: torch.Tensor) -> torch.Tensor:
     """(y, x) bool: the object, |image| > MASK_FRACTION of its 99th percentile, dilated by one voxel."""
     inside = magnitude > MASK_FRACTION * torch.quantile(magnitude.flatten().to(torch.float64), 0.99).item()
@@ -94,11 +110,13 @@ def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Tw
         # the signal's phase runs as −2π·B0·t (s ∝ exp(−i2π(k·r + B0·t)), as the simulators); smoothing the
         # complex product keeps phase wraps
         b0 = -torch.angle(smooth(product, mask)).to(torch.float64) / (2 * math.pi * dte)
-        ratio = rss / images[1].abs().square().sum(0).sqrt().clamp_min(1e-12 * float(rss.max()))
-        r2star = torch.log(ratio.clamp_min(1.0)).to(torch.float64) / dte
+        echoes = min(len(images), len(te))
+        magnitudes = torch.stack([im.abs().square().sum(0).sqrt() for im in images[:echoes]]).to(torch.float64)
+        r2star = decay_rate(magnitudes, te[:echoes]).clamp_min(0.0)
         t2 = torch.maximum(t2, 1 / r2star.clamp_min(1 / T2_MAX))  # T2 ≥ T2*: a slower decay than the tissue's T2
         r2dash = (r2star - 1 / t2).clamp(R2DASH_MIN, 500.0)
-        notes["b0_t2dash"] = f"echoes 1 and 2 of {first.name} (ΔTE {1e3 * dte:.3g} ms)"
+        notes["b0_t2dash"] = (f"echoes 1 and 2 (B0, ΔTE {1e3 * dte:.3g} ms) and the decay over {echoes} echoes "
+                               f"(T2′) of {first.name}")
         notes["t1_t2"] += ", T2 raised to the measured T2* where that is longer"
     te1 = te[0] if te else 0.0
     unwind = torch.exp(2j * math.pi * b0 * te1).to(torch.complex64)  # the coil phase without B0's at TE1
