@@ -14,7 +14,7 @@ on that RawData (coil sensitivities by Walsh from the ACS lines):
 - SENSE, best λ: CG-SENSE (30 iterations) with the Tikhonov λ of best mean PSNR on 8 training twins, per R;
 - CG + U-Net: that SENSE followed by a residual image-domain U-Net (trained on both R);
 - unrolled: ``network: unrolled`` (6 steps, one shared U-Net of the same size: equal parameter count up to the
-  6 λₙ), trained on both R.
+  6 λₙ; or, ``--per-iteration``, one U-Net per step with fewer ``--unrolled-features``), trained on both R.
 
 The two networks train for a fixed wall-clock budget each (training pairs drawn afresh every step: twin, R, mask
 seed, noise seed; by default each with a random smooth image phase, and both networks phase-normalised,
@@ -137,6 +137,11 @@ def main() -> None:
     ap.add_argument("--post-minutes", type=float, default=None, help="CG + U-Net's budget (default: the "
                     "unrolled net's, --train-minutes)")
     ap.add_argument("--features", type=int, default=16)
+    ap.add_argument("--unrolled-features", type=int, default=None,
+                    help="features of the unrolled net's U-Nets (default: --features)")
+    ap.add_argument("--per-iteration", action="store_true",
+                    help="one U-Net per unrolled step instead of one shared (with fewer --unrolled-features for an "
+                    "equal parameter count)")
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam's rate of the unrolled U-Net (λₙ: 2e-2)")
@@ -149,6 +154,8 @@ def main() -> None:
     ap.add_argument("--unrolled-from", type=Path, default=None,
                     help="take the unrolled bundle of an earlier run instead of training one (to give CG + U-Net "
                     "the same training time)")
+    ap.add_argument("--cg-unet-from", type=Path, default=None,
+                    help="take the CG + U-Net bundle of an earlier run instead of training one")
     ap.add_argument("--phase", action=argparse.BooleanOptionalAction, default=True,
                     help="train on images with random smooth phases (both networks)")
     args = ap.parse_args()
@@ -171,11 +178,12 @@ def main() -> None:
            "network_init": args.network_init}
     # the unrolled net: that of an earlier run (its training time is in that run's table), or a new one
     unrolled = Recon.load(args.unrolled_from) if args.unrolled_from else Recon(ReconConfig.model_validate(
-        {"method": "sense", "coil_combine": "sensitivity", "network": "unrolled", **net,
-         "unrolled": {"iterations": 6, "prior": "unet", "lambdas": "trained", "shared_weights": True,
+        {"method": "sense", "coil_combine": "sensitivity", "network": "unrolled",
+         **net, "network_features": args.unrolled_features or args.features,
+         "unrolled": {"iterations": 6, "prior": "unet", "lambdas": "trained", "shared_weights": not args.per_iteration,
                       "cg_iterations": 6}}))
-    cg_unet = Recon(ReconConfig(method="sense", iterations=30, tikhonov=best[4][0], coil_combine="sensitivity",
-                                network="unet", **net))
+    cg_unet = Recon.load(args.cg_unet_from) if args.cg_unet_from else Recon(ReconConfig(
+        method="sense", iterations=30, tikhonov=best[4][0], coil_combine="sensitivity", network="unet", **net))
     n_unrolled = sum(p.numel() for p in unrolled.parameters())
     n_post = sum(p.numel() for p in cg_unet.parameters())
     print(f"parameters: unrolled {n_unrolled}, CG + U-Net {n_post}", flush=True)
@@ -186,12 +194,14 @@ def main() -> None:
                                          args.phase, args.lr)
         (out / "unrolled").mkdir(exist_ok=True)
         unrolled.save(out / "unrolled")
-    print("training CG + U-Net …", flush=True)
-    post_minutes = args.train_minutes if args.post_minutes is None else args.post_minutes
-    p_steps, p_time, p_hist = train(cg_unet, train_raws, train_truths, args.noise, post_minutes, 2, args.phase,
-                                     args.post_lr)
-    (out / "cg_unet").mkdir(exist_ok=True)
-    cg_unet.save(out / "cg_unet")
+    p_steps, p_time, p_hist = 0, 0.0, list[float]()
+    if not args.cg_unet_from:
+        print("training CG + U-Net …", flush=True)
+        post_minutes = args.train_minutes if args.post_minutes is None else args.post_minutes
+        p_steps, p_time, p_hist = train(cg_unet, train_raws, train_truths, args.noise, post_minutes, 2, args.phase,
+                                         args.post_lr)
+        (out / "cg_unet").mkdir(exist_ok=True)
+        cg_unet.save(out / "cg_unet")
 
     rows = []
     for r in (4, 6):
@@ -223,9 +233,11 @@ def main() -> None:
     lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; test twins {TEST[0]}–{TEST[-1]} (held out), "
               f"variable-density masks (ACS {ACS}), 64², 8 coils",
               f"trained λₙ (n = 1 … 6): {lambdas}  (seed pattern: 7.05, 7.05, 3.91, 1.85, 1.11, 0.91)",
-              f"parameters: unrolled {n_unrolled} (shared U-Net + 6 λ), CG + U-Net {n_post}",
+              f"parameters: unrolled {n_unrolled} ({'one U-Net per step' if args.per_iteration else 'shared U-Net'}"
+              f" + 6 λ), CG + U-Net {n_post}",
               f"training: unrolled {f'from {args.unrolled_from}' if args.unrolled_from else f'{u_steps} steps'} "
-              f"in {u_time / 60:.1f} min, CG + U-Net {p_steps} steps in "
+              f"in {u_time / 60:.1f} min, CG + U-Net "
+              f"{f'from {args.cg_unet_from}' if args.cg_unet_from else f'{p_steps} steps'} in "
               f"{p_time / 60:.1f} min; random image phase in training: {args.phase}, network phase "
               f"{args.network_phase}, last layers starting at std {args.network_init:g}; torch threads "
               f"{args.threads}; load average at start {load[0]:.2f}, "
