@@ -228,12 +228,13 @@ def main() -> None:
             print(f"R={r} {name}: PSNR {np.mean(ps):.2f} SSIM {np.mean(ss):.3f}", flush=True)
     assert unrolled.unrolled is not None
     lambdas = [round(float(v), 3) for v in unrolled.unrolled.lambdas().detach()]
+    shared = unrolled.unrolled.config.shared_weights
     lines = ["| method | R | PSNR / dB (± sd) | SSIM | DC ‖Ex−y‖/‖y‖ | time / ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {r} | {p:.2f} ± {sd:.2f} | {s:.3f} | {dc:.4f} | {t:.0f} |" for n, r, p, sd, s, dc, t in rows]
     lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; test twins {TEST[0]}–{TEST[-1]} (held out), "
               f"variable-density masks (ACS {ACS}), 64², 8 coils",
               f"trained λₙ (n = 1 … 6): {lambdas}  (seed pattern: 7.05, 7.05, 3.91, 1.85, 1.11, 0.91)",
-              f"parameters: unrolled {n_unrolled} ({'one U-Net per step' if args.per_iteration else 'shared U-Net'}"
+              f"parameters: unrolled {n_unrolled} ({'shared U-Net' if shared else 'one U-Net per step'}"
               f" + 6 λ), CG + U-Net {n_post}",
               f"training: unrolled {f'from {args.unrolled_from}' if args.unrolled_from else f'{u_steps} steps'} "
               f"in {u_time / 60:.1f} min, CG + U-Net "
