@@ -145,7 +145,7 @@ class SequenceParameters(nn.Module):
     >>> from mrbridge.sequence.protocol import GreProtocol
     >>> spec = FlipAngleParam(name="flip_angle", shared=True, init=30.0)
     >>> params = SequenceParameters(build_template(GreProtocol(matrix=8, dummies=0)), [spec])
-    >>> round(float(params.values()["flip_angle"][0]), 3)
+    >>> round(float(params.values()["flip_angle"][0].detach()), 3)
     30.0
     """
 
