@@ -91,7 +91,8 @@ def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Tw
     kdata = first.kdata / voxel_shape(first.traj, grid)  # the twin's voxels are boxes: PD is their density
     images = [adjoint_image(kdata[:, first.contrast == c], first.traj[first.contrast == c], grid)
               for c in sorted(set(first.contrast.tolist()))]
-    rss = images[0].abs().square().sum(0).sqrt()
+    magnitudes = torch.stack([im.abs().square().sum(0).sqrt() for im in images])  # (echoes, y, x), coils' RSS
+    rss = magnitudes[0]
     mask = object_mask(rss)
     table = brain_table().tissues
     if tissue not in table or table[tissue].t1_ms is None:
@@ -111,8 +112,7 @@ def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Tw
         # complex product keeps phase wraps
         b0 = -torch.angle(smooth(product, mask)).to(torch.float64) / (2 * math.pi * dte)
         echoes = min(len(images), len(te))
-        magnitudes = torch.stack([im.abs().square().sum(0).sqrt() for im in images[:echoes]]).to(torch.float64)
-        r2star = decay_rate(magnitudes, te[:echoes]).clamp_min(0.0)
+        r2star = decay_rate(magnitudes[:echoes], te[:echoes]).clamp_min(0.0)
         t2 = torch.maximum(t2, 1 / r2star.clamp_min(1 / T2_MAX))  # T2 ≥ T2*: a slower decay than the tissue's T2
         r2dash = (r2star - 1 / t2).clamp(R2DASH_MIN, 500.0)
         notes["b0_t2dash"] = (f"echoes 1 and 2 (B0, ΔTE {1e3 * dte:.3g} ms) and the decay over {echoes} echoes "
