@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# torch.distributed.nn takes the group as a default argument (group=group.WORLD) when it is first imported, and
+# torch.optim imports it; imported after the group exists, it would keep the group alive after teardown, gloo's
+# threads would outlive it and a process could abort while the interpreter exits (SIGABRT)
+import torch.distributed.nn
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -69,7 +74,8 @@ def setup(device: str | None = None) -> tuple[Dist, torch.device]:
 
 def teardown() -> None:
     """Leave the process group (if any), together: a barrier first, so that no rank tears down its
-    connections while another is still writing the bundle (gloo aborts a process whose peer vanished)."""
+    connections while another is still writing the bundle (gloo aborts a process whose peer vanished). The group is
+    freed here and its threads joined (see ``setup``), not during the interpreter's exit."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

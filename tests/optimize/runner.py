@@ -1,16 +1,27 @@
 """Runs one task in a fresh process (what the resume and torchrun tests launch): ``runner.py TASK OUT``.
 
 One thread, so that every process computes bit for bit the same; prints nothing, the bundle is the result.
+Under torchrun it fails (exit 1, with a message) if the process group's threads still run once ``optimize`` has
+returned: such a process can abort while the interpreter exits (a race, so the thread count is what is checked).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 
 from mrbridge.optimize.trainer import optimize
 
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    before = _threads()
     optimize(sys.argv[1], sys.argv[2], resume=True, progress=False)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and _threads() > before:
+        sys.exit(f"{_threads() - before} threads outlived optimize (the process group was not freed)")

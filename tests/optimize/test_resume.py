@@ -40,11 +40,16 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     proc = _run(task, killed)
     deadline = time.monotonic() + 300
-    while not (killed / "history.csv").exists() or len(_rows(killed)) < 7:  # past two checkpoints
+    rows, grew = 0, list[float]()  # when history.csv grew (each checkpoint writes it)
+    while rows < 7 or len(grew) < 2:  # past two checkpoints, and one interval timed
         assert proc.poll() is None, "the run finished before it could be killed"
         assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere inside a later interval
+        now = len(_rows(killed)) if (killed / "history.csv").exists() else 0
+        if now != rows:
+            rows = now
+            grew.append(time.monotonic())
+        time.sleep(0.002)
+    time.sleep((grew[-1] - grew[-2]) / 2)  # half-way into the next interval, however fast this machine steps
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(_rows(killed))
