@@ -26,7 +26,7 @@ if __name__ == "__main__":
     optimize(sys.argv[1], sys.argv[2], resume=True, progress=False)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         deadline = time.monotonic() + 5  # joined threads leave /proc at once; the kernel may take a moment
-        while _threads() > before and time.monotonic() < deadline:
+        while (left := _threads() - before) > 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        if _threads() > before:
-            sys.exit(f"{_threads() - before} threads outlived optimize (the process group was not freed)")
+        if left > 0:
+            sys.exit(f"{left} threads outlived optimize (the process group was not freed)")
