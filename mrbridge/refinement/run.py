@@ -16,7 +16,7 @@ from mrbridge.refinement.fit import CHECKPOINT, RefineConfig, Refinement, Refine
 from mrbridge.refinement.identifiable import check_identifiable
 from mrbridge.refinement.report import write_report
 from mrbridge.refinement.scans import Grid, Scan, default_grid, load_scan, window_scan
-from mrbridge.refinement.start import adjoint_image, object_mask, start_twin
+from mrbridge.refinement.start import adjoint_image, object_mask, start_tissue, start_twin
 from mrbridge.report.html import sha256
 from mrbridge.runlock import RunLock
 from mrbridge.twin.phantoms import open_twin
@@ -46,6 +46,8 @@ def refine(meas: Seq[str | Path], seqs: Seq[str | Path], out: str | Path, config
     out = Path(out)
     if not meas or len(meas) != len(seqs):
         raise InputError(f"refine: {len(meas)} --meas and {len(seqs)} --seq; expected one .seq per measurement")
+    if twin is None:
+        start_tissue(tissue)  # a bad --tissue is refused before the scans are read
     loaded = [load_scan(m, s) for m, s in zip(meas, seqs, strict=True)]
     start = None if twin is None else open_twin(twin, matrix=matrix)
     grid = default_grid(loaded[0][1], matrix) if start is None else _twin_grid(start, twin or "")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mrbridge.errors import InputError
 from mrbridge.recon.operators import NonCartesianOp
 from mrbridge.refinement.scans import Grid, Scan
-from mrbridge.twin.phantoms import brain_table
+from mrbridge.twin.phantoms import Tissue, brain_table
 from mrbridge.twin.twin import Twin
 
 #: object mask: |image| above this fraction of its 99th percentile (then dilated by one voxel)
@@ -79,6 +79,16 @@ def decay_rate(magnitudes: torch.Tensor, echo_times: list[float]) -> torch.Tenso
     return -slope
 
 
+def start_tissue(tissue: str) -> Tissue:
+    """The brain3t.yaml tissue whose T1/T2 the start takes (InputError naming the usable ones)."""
+    table = brain_table().tissues
+    if tissue not in table or table[tissue].t1_ms is None:
+        usable = [n for n, t in table.items() if t.t1_ms is not None]
+        raise InputError(f"--tissue {tissue!r}: expected one of {', '.join(usable)} "
+                         "(calibration/phantoms/brain3t.yaml)")
+    return table[tissue]
+
+
 def object_mask(magnitude: torch.Tensor) -> torch.Tensor:
     """(y, x) bool: the object, |image| > MASK_FRACTION of its 99th percentile, dilated by one voxel."""
     inside = magnitude > MASK_FRACTION * torch.quantile(magnitude.flatten().to(torch.float64), 0.99).item()
@@ -87,6 +97,7 @@ def object_mask(magnitude: torch.Tensor) -> torch.Tensor:
 
 def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Twin:
     """The starting twin from the data (see the module docstring); its provenance says where each map came from."""
+    values = start_tissue(tissue)
     first = scans[0]
     kdata = first.kdata / voxel_shape(first.traj, grid)  # the twin's voxels are boxes: PD is their density
     images = [adjoint_image(kdata[:, first.contrast == c], first.traj[first.contrast == c], grid)
@@ -94,12 +105,6 @@ def start_twin(scans: list[Scan], grid: Grid, tissue: str = "grey_matter") -> Tw
     magnitudes = torch.stack([im.abs().square().sum(0).sqrt() for im in images])  # (echoes, y, x), coils' RSS
     rss = magnitudes[0]
     mask = object_mask(rss)
-    table = brain_table().tissues
-    if tissue not in table or table[tissue].t1_ms is None:
-        usable = [n for n, t in table.items() if t.t1_ms is not None]
-        raise InputError(f"--tissue {tissue!r}: expected one of {', '.join(usable)} "
-                         "(calibration/phantoms/brain3t.yaml)")
-    values = table[tissue]
     t2 = torch.full_like(rss, 1e-3 * float(values.t2_ms or 100.0), dtype=torch.float64)
     r2dash = torch.full_like(rss, float(values.r2dash_per_s or 1.0), dtype=torch.float64)
     b0 = torch.zeros_like(r2dash)

@@ -128,3 +128,11 @@ def test_b1_from_one_flip_angle_is_refused(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=words):
             refine([tmp_path / "me.h5"], [seq], tmp_path / "out", RefineConfig(fit=fit), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_tissue_is_refused_before_the_scans_are_read(tmp_path: Path) -> None:
+    """The scans do not exist: the tissue's refusal comes first, and no output folder is made."""
+    with pytest.raises(InputError, match=r"--tissue 'bogus': expected one of .*grey_matter"):
+        refine([tmp_path / "a.h5"], [tmp_path / "a.seq"], tmp_path / "out", RefineConfig(fit=["pd"]), tissue="bogus",
+               progress=False)
+    assert not (tmp_path / "out").exists()
