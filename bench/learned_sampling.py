@@ -1,12 +1,14 @@
 """Learned sampling against its own start: the same task trains a mask (LOUPE, straight-through) or keeps it fixed.
 
-    nice .venv/bin/python bench/learned_sampling.py [--patterns 0 1 2] [--seeds 0] [--iterations 400] [-o DIR]
+    nice .venv/bin/python bench/learned_sampling.py [--patterns 0 1 2] [--seeds 0] [--iterations 400]
+                                                    [--mask-lr 0.005] [-o DIR]
 
 ``protocols/learned_sampling_r4.yaml`` (32², R = 4: 8 of 32 lines, 4 ACS, unrolled SENSE with a U-Net prior, 8
 coils, SPIN random twins) is run twice per variable-density pattern seed and optimizer seed, with
 ``init: pattern`` (the protocol's variable-density lines) and
 
-- ``train: true``: the line logits learn with the recon (the learned mask);
+- ``train: true``: the line logits learn with the recon (the learned mask), at the task's learning rate or
+  ``--mask-lr``;
 - ``train: false``: the mask stays the variable-density one and only the recon trains (the baseline).
 
 Both share everything else: twins, noise, recon, steps. Prints each run's validation NRMSE / PSNR / SSIM on the
@@ -29,13 +31,15 @@ from mrbridge.optimize.trainer import optimize
 REPO = Path(__file__).resolve().parents[1]
 
 
-def task(pattern_seed: int, seed: int, train: bool, iterations: int) -> dict[str, Any]:
+def task(pattern_seed: int, seed: int, train: bool, iterations: int, mask_lr: float | None = None) -> dict[str, Any]:
     """The shipped task with a variable-density start of ``pattern_seed`` and a trained or fixed mask."""
     t: dict[str, Any] = yaml.safe_load((REPO / "protocols" / "learned_sampling_r4.yaml").read_text())
     t["sequence"]["protocol"] = str(REPO / "protocols" / "gre_r4.yaml")
     t["sequence"]["set"]["undersampling"].update(pattern="variable_density", seed=pattern_seed)
     t["target"]["protocol"] = str(REPO / "protocols" / "gre.yaml")
     t["parameters"][0].update(init="pattern", train=train)
+    if mask_lr is not None:
+        t["parameters"][0]["lr"] = mask_lr
     t["optimizer"].update(seed=seed, iterations=iterations, validate_every=iterations, checkpoint_every=iterations)
     return t
 
@@ -45,6 +49,8 @@ def main() -> None:
     ap.add_argument("--patterns", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--iterations", type=int, default=400)
+    ap.add_argument("--mask-lr", type=float, default=None, help="the line logits' learning rate (default: the "
+                    "task's)")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
     work = args.output or Path(tempfile.mkdtemp(prefix="learned_sampling_"))
@@ -57,7 +63,8 @@ def main() -> None:
             for train in (False, True):
                 name = f"p{pattern}_s{seed}_{'learned' if train else 'fixed'}"
                 path = work / f"{name}.yaml"
-                path.write_text(yaml.safe_dump(task(pattern, seed, train, args.iterations), sort_keys=False))
+                spec = task(pattern, seed, train, args.iterations, args.mask_lr)
+                path.write_text(yaml.safe_dump(spec, sort_keys=False))
                 started = time.perf_counter()
                 summary = optimize(path, work / name, progress=False)
                 final = summary["final"]
