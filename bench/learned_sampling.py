@@ -1,7 +1,7 @@
 """Learned sampling against its own start: the same task trains a mask (LOUPE, straight-through) or keeps it fixed.
 
     nice .venv/bin/python bench/learned_sampling.py [--patterns 0 1 2] [--seeds 0] [--iterations 400]
-                                                    [--mask-lr 0.005] [-o DIR]
+                                                    [--mask-lr 0.005] [--final-recon-steps 400] [-o DIR]
 
 ``protocols/learned_sampling_r4.yaml`` (32², R = 4: 8 of 32 lines, 4 ACS, unrolled SENSE with a U-Net prior, 8
 coils, SPIN random twins) is run twice per variable-density pattern seed and optimizer seed, with
@@ -11,7 +11,9 @@ coils, SPIN random twins) is run twice per variable-density pattern seed and opt
   ``--mask-lr``;
 - ``train: false``: the mask stays the variable-density one and only the recon trains (the baseline).
 
-Both share everything else: twins, noise, recon, steps. Prints each run's validation NRMSE / PSNR / SSIM on the
+Both share everything else: twins, noise, recon, steps. Both end with ``--final-recon-steps`` F of their steps
+training the recon alone for the binary mask (``optimizer.final_recon_steps``; by default the task's share, a
+quarter; for the fixed mask that is what every step does). Prints each run's validation NRMSE / PSNR / SSIM on the
 10 held-out twins (binary masks) and its lines, then the mean difference learned − fixed.
 """
 
@@ -31,16 +33,22 @@ from mrbridge.optimize.trainer import optimize
 REPO = Path(__file__).resolve().parents[1]
 
 
-def task(pattern_seed: int, seed: int, train: bool, iterations: int, mask_lr: float | None = None) -> dict[str, Any]:
-    """The shipped task with a variable-density start of ``pattern_seed`` and a trained or fixed mask."""
+def task(pattern_seed: int, seed: int, train: bool, iterations: int, mask_lr: float | None = None,
+         final: int | None = None) -> dict[str, Any]:
+    """The shipped task with a variable-density start of ``pattern_seed`` and a trained or fixed mask, ``iterations``
+    steps of which the last ``final`` (default: the task's share) train the recon alone."""
     t: dict[str, Any] = yaml.safe_load((REPO / "protocols" / "learned_sampling_r4.yaml").read_text())
+    o = t["optimizer"]
+    final = round(iterations * o["final_recon_steps"] / (o["iterations"] + o["final_recon_steps"])) \
+        if final is None else final
     t["sequence"]["protocol"] = str(REPO / "protocols" / "gre_r4.yaml")
     t["sequence"]["set"]["undersampling"].update(pattern="variable_density", seed=pattern_seed)
     t["target"]["protocol"] = str(REPO / "protocols" / "gre.yaml")
     t["parameters"][0].update(init="pattern", train=train)
     if mask_lr is not None:
         t["parameters"][0]["lr"] = mask_lr
-    t["optimizer"].update(seed=seed, iterations=iterations, validate_every=iterations, checkpoint_every=iterations)
+    t["optimizer"].update(seed=seed, iterations=iterations - final, final_recon_steps=final, validate_every=iterations,
+                          checkpoint_every=iterations)
     return t
 
 
@@ -51,6 +59,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=400)
     ap.add_argument("--mask-lr", type=float, default=None, help="the line logits' learning rate (default: the "
                     "task's)")
+    ap.add_argument("--final-recon-steps", type=int, default=None, help="of --iterations, the last ones that "
+                    "train the recon alone for the binary mask (default: the task's share)")
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
     work = args.output or Path(tempfile.mkdtemp(prefix="learned_sampling_"))
@@ -63,7 +73,7 @@ def main() -> None:
             for train in (False, True):
                 name = f"p{pattern}_s{seed}_{'learned' if train else 'fixed'}"
                 path = work / f"{name}.yaml"
-                spec = task(pattern, seed, train, args.iterations, args.mask_lr)
+                spec = task(pattern, seed, train, args.iterations, args.mask_lr, args.final_recon_steps)
                 path.write_text(yaml.safe_dump(spec, sort_keys=False))
                 started = time.perf_counter()
                 summary = optimize(path, work / name, progress=False)

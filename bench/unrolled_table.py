@@ -13,8 +13,9 @@ on that RawData (coil sensitivities by Walsh from the ACS lines):
 - zero-filled: the inverse FFT, sensitivity-combined;
 - SENSE, best λ: CG-SENSE (30 iterations) with the Tikhonov λ of best mean PSNR on 8 training twins, per R;
 - CG + U-Net: that SENSE followed by a residual image-domain U-Net (trained on both R);
-- unrolled: ``network: unrolled`` (6 steps, one shared U-Net of the same size: equal parameter count up to the
-  6 λₙ; or, ``--per-iteration``, one U-Net per step with fewer ``--unrolled-features``), trained on both R.
+- unrolled: ``network: unrolled`` (``--unrolled-steps`` N = 6 of ``--cg-iterations`` 6, one shared U-Net of the
+  same size: equal parameter count up to the N λₙ; or, ``--per-iteration``, one U-Net per step with fewer
+  ``--unrolled-features``), trained on both R.
 
 The two networks train for a fixed wall-clock budget each (training pairs drawn afresh every step: twin, R, mask
 seed, noise seed; by default each with a random smooth image phase, and both networks phase-normalised,
@@ -139,6 +140,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=16)
     ap.add_argument("--unrolled-features", type=int, default=None,
                     help="features of the unrolled net's U-Nets (default: --features)")
+    ap.add_argument("--unrolled-steps", type=int, default=6, help="N, the unrolled net's SENSE + prior steps")
+    ap.add_argument("--cg-iterations", type=int, default=6, help="CG iterations of each unrolled step")
     ap.add_argument("--per-iteration", action="store_true",
                     help="one U-Net per unrolled step instead of one shared (with fewer --unrolled-features for an "
                     "equal parameter count)")
@@ -180,8 +183,8 @@ def main() -> None:
     unrolled = Recon.load(args.unrolled_from) if args.unrolled_from else Recon(ReconConfig.model_validate(
         {"method": "sense", "coil_combine": "sensitivity", "network": "unrolled",
          **net, "network_features": args.unrolled_features or args.features,
-         "unrolled": {"iterations": 6, "prior": "unet", "lambdas": "trained", "shared_weights": not args.per_iteration,
-                      "cg_iterations": 6}}))
+         "unrolled": {"iterations": args.unrolled_steps, "prior": "unet", "lambdas": "trained",
+                      "shared_weights": not args.per_iteration, "cg_iterations": args.cg_iterations}}))
     cg_unet = Recon.load(args.cg_unet_from) if args.cg_unet_from else Recon(ReconConfig(
         method="sense", iterations=30, tikhonov=best[4][0], coil_combine="sensitivity", network="unet", **net))
     n_unrolled = sum(p.numel() for p in unrolled.parameters())
@@ -203,6 +206,8 @@ def main() -> None:
         (out / "cg_unet").mkdir(exist_ok=True)
         cg_unet.save(out / "cg_unet")
 
+    assert unrolled.unrolled is not None
+    steps = unrolled.unrolled.config.iterations
     rows = []
     for r in (4, 6):
         methods = {
@@ -210,7 +215,7 @@ def main() -> None:
             f"SENSE, best λ = {best[r][0]:g}": Recon(ReconConfig(method="sense", iterations=30, tikhonov=best[r][0],
                                                                   coil_combine="sensitivity")),
             "CG + U-Net": cg_unet,
-            "unrolled (6 steps)": unrolled,
+            f"unrolled ({steps} steps)": unrolled,
         }
         for name, recon in methods.items():
             ps, ss, dcs, ts = [], [], [], []
@@ -226,16 +231,15 @@ def main() -> None:
                 dcs.append(dc_residual(recon, acq, image.to(torch.complex64)))
             rows.append((name, r, np.mean(ps), np.std(ps), np.mean(ss), np.mean(dcs), 1e3 * np.mean(ts)))
             print(f"R={r} {name}: PSNR {np.mean(ps):.2f} SSIM {np.mean(ss):.3f}", flush=True)
-    assert unrolled.unrolled is not None
     lambdas = [round(float(v), 3) for v in unrolled.unrolled.lambdas().detach()]
     shared = unrolled.unrolled.config.shared_weights
     lines = ["| method | R | PSNR / dB (± sd) | SSIM | DC ‖Ex−y‖/‖y‖ | time / ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {r} | {p:.2f} ± {sd:.2f} | {s:.3f} | {dc:.4f} | {t:.0f} |" for n, r, p, sd, s, dc, t in rows]
     lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; test twins {TEST[0]}–{TEST[-1]} (held out), "
               f"variable-density masks (ACS {ACS}), 64², 8 coils",
-              f"trained λₙ (n = 1 … 6): {lambdas}  (seed pattern: 7.05, 7.05, 3.91, 1.85, 1.11, 0.91)",
+              f"trained λₙ (n = 1 … {steps}): {lambdas}  (seed pattern: 7.05, 7.05, 3.91, 1.85, 1.11, 0.91)",
               f"parameters: unrolled {n_unrolled} ({'shared U-Net' if shared else 'one U-Net per step'}"
-              f" + 6 λ), CG + U-Net {n_post}",
+              f" + {steps} λ), CG + U-Net {n_post}",
               f"training: unrolled {f'from {args.unrolled_from}' if args.unrolled_from else f'{u_steps} steps'} "
               f"in {u_time / 60:.1f} min, CG + U-Net "
               f"{f'from {args.cg_unet_from}' if args.cg_unet_from else f'{p_steps} steps'} in "

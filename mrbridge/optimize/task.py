@@ -293,6 +293,8 @@ class OptimizerSpec(_Strict):
     batch: int = Field(default=1, ge=1, description="twins per step (split over processes)")
     restarts: int = Field(default=0, ge=0, description="random restarts before the main run (best kept)")
     restart_steps: int = Field(default=50, ge=1)
+    final_recon_steps: int = Field(default=0, ge=0, description="after the other steps, train the recon alone "
+                                   "for the final sequence and binary sampling mask (what it will reconstruct)")
     checkpoint_every: int = Field(default=50, ge=1)
     validate_every: int = Field(default=50, ge=1)
     early_stopping: EarlyStopping | None = None
@@ -324,6 +326,10 @@ class Task(_Strict):
             raise ProtocolValueError("data.noise_of", self.data.noise_of, "needs target kind 'reference'")
         if self.optimizer.mode == "alternating" and self.optimizer.restarts:
             raise ProtocolValueError("optimizer.restarts", self.optimizer.restarts, "only with mode 'joint'")
+        c = self.recon.config
+        if self.optimizer.final_recon_steps and c.network == "none" and not c.train_tikhonov and not quantitative:
+            raise ProtocolValueError("optimizer.final_recon_steps", self.optimizer.final_recon_steps,
+                                     "needs a recon that trains (a network, train_tikhonov or an MLP)")
         return self
 
 

@@ -47,12 +47,14 @@ _VALIDATION = 1 << 30
 
 @dataclass(frozen=True)
 class Phase:
-    """``steps`` consecutive steps of one kind: trial (restart), recon, sequence or joint."""
+    """``steps`` consecutive steps of one kind: trial (restart), recon, sequence or joint; ``final``: the recon
+    alone for the binary sampling mask."""
 
     kind: str
     steps: int
     trial: int = -1
     on_reference: bool = False
+    final: bool = False
 
 
 def phases(task: ResolvedTask) -> list[Phase]:
@@ -60,14 +62,17 @@ def phases(task: ResolvedTask) -> list[Phase]:
     o = task.task.optimizer
     out = [Phase("trial", o.restart_steps, trial=r) for r in range(o.restarts)]
     if o.mode == "joint":
-        return [*out, Phase("joint", o.iterations)]
-    a = o.alternating
-    if a.pretrain_steps:
-        out.append(Phase("recon", a.pretrain_steps, on_reference=a.pretrain_on == "reference"))
-    for _ in range(a.rounds):
-        out.append(Phase("sequence", a.sequence_steps))
-        if a.recon_steps:
-            out.append(Phase("recon", a.recon_steps))
+        out.append(Phase("joint", o.iterations))
+    else:
+        a = o.alternating
+        if a.pretrain_steps:
+            out.append(Phase("recon", a.pretrain_steps, on_reference=a.pretrain_on == "reference"))
+        for _ in range(a.rounds):
+            out.append(Phase("sequence", a.sequence_steps))
+            if a.recon_steps:
+                out.append(Phase("recon", a.recon_steps))
+    if o.final_recon_steps:
+        out.append(Phase("recon", o.final_recon_steps, final=True))
     return out
 
 
@@ -231,7 +236,8 @@ class Trainer:
             self.opt_recon.zero_grad(set_to_none=True)
         share = len(mine) / len(batch)
         if mine:
-            out = self.model(mine, seeds, train_sequence=train_seq, on_reference=phase.on_reference)
+            out = self.model(mine, seeds, train_sequence=train_seq, on_reference=phase.on_reference,
+                             binary_sampling=phase.final)
             terms = self.model.loss_terms(out)
             (terms["loss"] * share).backward()
             seq = out.sequence

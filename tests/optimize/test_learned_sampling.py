@@ -21,7 +21,7 @@ from mrbridge.optimize.data import TwinSet
 from mrbridge.optimize.model import JointModel
 from mrbridge.optimize.sampling import LineSampling, SamplingParam, select_lines
 from mrbridge.optimize.task import load_task, parse_task
-from mrbridge.optimize.trainer import optimize
+from mrbridge.optimize.trainer import Trainer, optimize
 from mrbridge.raw.seqreadouts import read_seq_readouts
 from mrbridge.recon.pipeline import Recon, ReconConfig
 from mrbridge.sequence.model import Sequence
@@ -44,7 +44,7 @@ def tiny(**changes: Any) -> dict[str, Any]:
     task["recon"]["config"].update(network_features=2, network_depth=1)
     task["recon"]["config"]["unrolled"].update(iterations=2, cg_iterations=3)
     task["data"].update(coils=4, train=2, validation=1)
-    task["optimizer"].update(iterations=3, batch=1, validate_every=3, checkpoint_every=3)
+    task["optimizer"].update(iterations=2, final_recon_steps=1, batch=1, validate_every=3, checkpoint_every=3)
     task.update(changes)
     return task
 
@@ -69,7 +69,8 @@ def test_the_shipped_task_validates() -> None:
     ({"sequence": {"protocol": str(REPO / "protocols" / "gre_r4.yaml"),
                    "set": {**SMALL, "undersampling": {"acceleration": 4, "acs_lines": 4}}}},
      r"budget round\(matrix/acceleration\) = 4 lines leaves none to learn beside undersampling\.acs_lines = 4"),
-    ({"recon": {"config": {"method": "cg"}}}, r"field 'recon\.config\.method' = 'cg': .* expected 'sense' or 'fft'"),
+    ({"recon": {"config": {"method": "cg", "network": "unet"}}},
+     r"field 'recon\.config\.method' = 'cg': .* expected 'sense' or 'fft'"),
     ({"parameters": [{"name": "sampling", "slope": 0}]}, r"field 'parameters\.0\.slope' = 0: .*greater than 0"),
     ({"parameters": [{"name": "sampling", "budget": 3}]}, r"field 'parameters\.0\.budget' = 3: unknown key"),
     ({"parameters": [{"name": "sampling", "init": "pattern"}],
@@ -78,6 +79,8 @@ def test_the_shipped_task_validates() -> None:
      r"field 'parameters\.0\.init' = 'pattern': the protocol's 'uniform' lines \(5\) are not the budget"),
     ({"parameters": [{"name": "sampling", "train": False}]},
      r"field 'parameters\.0\.train' = false with init 'zero': every line is equally likely"),
+    ({"recon": {"config": {"method": "sense"}}},
+     r"field 'optimizer\.final_recon_steps' = 1: needs a recon that trains \(a network, train_tikhonov or an MLP\)"),
     ({"parameters": [{"name": "sampling"}, {"name": "sampling"}]},
      r"field 'parameters\.1\.name' = 'sampling': expected at most one"),
 ])
@@ -134,6 +137,36 @@ def test_straight_through_trains_on_binary_draws() -> None:
     relaxed = LineSampling(spec.model_copy(update={"estimator": "relaxed"}), N,
                            Undersampling(acceleration=2, acs_lines=ACS)).weights(binary=False, seed=3)
     assert bool(((relaxed > 0) & (relaxed < 1)).any())
+
+
+def test_final_recon_steps_train_the_recon_alone_for_the_binary_mask(tmp_path: Path) -> None:
+    """``optimizer.final_recon_steps``: after the joint steps the logits stop and the recon trains on the mask
+    the bundle exports, not on drawn ones."""
+    torch.set_num_threads(1)
+    task = parse_task(tiny(optimizer={**tiny()["optimizer"], "iterations": 2, "final_recon_steps": 2}), "task.yaml",
+                      REPO)
+    trainer = Trainer(task, tmp_path / "run", progress=False)
+    sampling = trainer.model.sampling
+    assert sampling is not None and trainer.total == 4
+    seen: list[bool] = []
+    weights = sampling.weights
+
+    def spy(*, binary: bool, seed: int = 0) -> torch.Tensor:
+        seen.append(binary)
+        return weights(binary=binary, seed=seed)
+
+    sampling.weights = spy  # type: ignore[method-assign]
+    logits, recon = [], []
+    for _ in range(4):
+        row = trainer._one_step()
+        trainer.step += 1
+        logits.append(sampling.logits.detach().clone())
+        recon.append(torch.cat([p.detach().flatten() for p in trainer.model.recon_parameters()]))
+        assert row["phase"] == ("joint" if trainer.step <= 2 else "recon")
+    assert seen == [False, False, True, True]
+    assert not torch.equal(logits[0], logits[1])  # joint: the mask learns
+    assert torch.equal(logits[1], logits[2]) and torch.equal(logits[2], logits[3])  # final: it stays
+    assert not torch.equal(recon[2], recon[3])  # while the recon trains
 
 
 @pytest.mark.parametrize("pattern", ["variable_density", "poisson_disc"])
