@@ -12,7 +12,9 @@ on that RawData (coil sensitivities by Walsh from the ACS lines):
 
 - zero-filled: the inverse FFT, sensitivity-combined;
 - SENSE, best λ: CG-SENSE (30 iterations) with the Tikhonov λ of best mean PSNR on 8 training twins, per R;
-- CG + U-Net: that SENSE followed by a residual image-domain U-Net (trained on both R);
+- CG + U-Net: that SENSE followed by a residual image-domain U-Net (trained on both R), which sees the image
+  divided by its largest magnitude (``--post-scale normalised``, as the unrolled net does; ``as_is``: in the
+  simulation's units, which a scanner does not share);
 - unrolled: ``network: unrolled`` (``--unrolled-steps`` N = 6 of ``--cg-iterations`` 6, one shared U-Net of the
   same size: equal parameter count up to the N λₙ; or, ``--per-iteration``, one U-Net per step with fewer
   ``--unrolled-features``), trained on both R.
@@ -149,6 +151,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam's rate of the unrolled U-Net (λₙ: 2e-2)")
     ap.add_argument("--post-lr", type=float, default=1e-3, help="Adam's rate of CG + U-Net")
+    ap.add_argument("--post-scale", choices=["as_is", "normalised"], default="normalised",
+                    help="CG + U-Net's network sees the SENSE image as is (in the simulation's units, so it fails at "
+                    "another receiver gain) or divided by its largest magnitude (network_scale; the unrolled net "
+                    "always normalises)")
     ap.add_argument("--network-phase", choices=["as_is", "normalised"], default="normalised",
                     help="networks see images without their smooth phase (both networks)")
     ap.add_argument("--network-init", type=float, default=0.01,
@@ -186,7 +192,8 @@ def main() -> None:
          "unrolled": {"iterations": args.unrolled_steps, "prior": "unet", "lambdas": "trained",
                       "shared_weights": not args.per_iteration, "cg_iterations": args.cg_iterations}}))
     cg_unet = Recon.load(args.cg_unet_from) if args.cg_unet_from else Recon(ReconConfig(
-        method="sense", iterations=30, tikhonov=best[4][0], coil_combine="sensitivity", network="unet", **net))
+        method="sense", iterations=30, tikhonov=best[4][0], coil_combine="sensitivity", network="unet",
+        network_scale=args.post_scale, **net))
     n_unrolled = sum(p.numel() for p in unrolled.parameters())
     n_post = sum(p.numel() for p in cg_unet.parameters())
     print(f"parameters: unrolled {n_unrolled}, CG + U-Net {n_post}", flush=True)

@@ -92,6 +92,24 @@ class UNet(nn.Module):
         return _from_channels(x + residual, image if image.is_complex() else image.to(torch.complex64))
 
 
+class ScaleNormalised(nn.Module):
+    """``net`` applied to the image divided by its largest magnitude (detached), that scale restored after:
+    s·net(x/s), so the output scales with the data as the unrolled recon's does (scanner units are arbitrary; a
+    network trained on one simulation's intensities fails at another receiver gain).
+
+    net: maps (…, z, y, x) complex → the same shape
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (…, z, y, x) → (…, z, y, x) complex; each (z, y, x) volume scaled on its own."""
+        scale = image.detach().abs().amax((-3, -2, -1), keepdim=True).clamp_min(torch.finfo(image.real.dtype).tiny)
+        return scale * self.net(image / scale)
+
+
 def build_network(kind: Literal["none", "cnn", "unet"], *, features: int, depth: int,
                   last_std: float = 0.0) -> nn.Module | None:
     """The network of a ReconConfig (``depth``: conv layers of the CNN, levels of the U-Net; ``last_std``: its

@@ -35,7 +35,7 @@ from mrbridge.recon.dcf import pipe_dcf
 from mrbridge.recon.epi import cartesian_view
 from mrbridge.recon.image import Image
 from mrbridge.recon.lines import virtual_lines
-from mrbridge.recon.networks import build_network
+from mrbridge.recon.networks import ScaleNormalised, build_network
 from mrbridge.recon.operators import CoilOp, FourierOp, LinearOperator, NonCartesianOp
 from mrbridge.recon.phase import PhaseNormalised
 from mrbridge.recon.regrid import needs_regrid
@@ -106,6 +106,11 @@ class ReconConfig(BaseModel):
         default="as_is", description="normalised: the network (unrolled: each prior) sees the image without its "
         "smooth phase, restored after (mrbridge.recon.phase)"
     )
+    network_scale: Literal["as_is", "normalised"] = Field(
+        default="as_is", description="normalised: the image-domain network (cnn, unet) sees the image divided by "
+        "its largest magnitude, that scale restored after, so it works at any receiver gain (the unrolled recon "
+        "always does this)"
+    )
     unrolled: UnrolledConfig | None = Field(
         default=None, description="network unrolled: its steps, prior and λ (defaults filled in)"
     )
@@ -127,6 +132,9 @@ class ReconConfig(BaseModel):
                 self.unrolled = UnrolledConfig()
         elif self.unrolled is not None:
             raise ValueError(f"unrolled settings need network 'unrolled' (got {self.network!r})")
+        if self.network_scale == "normalised" and self.network not in ("cnn", "unet"):
+            raise ValueError(f"network_scale 'normalised' needs network 'cnn' or 'unet' (got {self.network!r}; the "
+                             "unrolled recon always normalises)")
         return self
 
 
@@ -203,7 +211,9 @@ class Recon(nn.Module):
         phase = c.network_phase == "normalised"
         network = None if c.network == "unrolled" else build_network(
             c.network, features=c.network_features, depth=c.network_depth, last_std=c.network_init)
-        self.network = PhaseNormalised(network) if phase and network is not None else network
+        network = PhaseNormalised(network) if phase and network is not None else network
+        self.network = ScaleNormalised(network) if c.network_scale == "normalised" and network is not None \
+            else network
         self.unrolled = UnrolledSense(c.unrolled or UnrolledConfig(), features=c.network_features,
                                       depth=c.network_depth, phase_normalised=phase,
                                       last_std=c.network_init) if unrolled else None

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mrbridge.errors import ConfigError, InputError
-from mrbridge.recon.networks import SimpleCNN, UNet
+from mrbridge.recon.networks import ScaleNormalised, SimpleCNN, UNet
 from mrbridge.recon.pipeline import Recon, ReconConfig
 
 
@@ -32,6 +32,29 @@ def test_network_weights_round_trip(tmp_path: Path, network: str) -> None:
     out = recon.network(image)
     assert out.shape == image.shape and not torch.allclose(out, image)
     assert torch.equal(loaded.network(image), out)
+
+
+def test_a_scale_normalised_network_scales_with_the_data(tmp_path: Path) -> None:
+    """``network_scale: normalised``: net(g·x) = g·net(x) for any receiver gain g (the bare net is not), and the
+    bundle round-trips."""
+    torch.manual_seed(0)
+    recon = Recon(ReconConfig(network="unet", network_scale="normalised", network_features=4, network_depth=2,
+                              network_init=0.5))
+    assert isinstance(recon.network, ScaleNormalised) and isinstance(recon.network.net, UNet)
+    image = torch.randn(2, 1, 3, 16, 16, dtype=torch.complex64) * torch.tensor([1.0, 30.0])[:, None, None, None,
+                                                                                               None]
+    with torch.no_grad():
+        for gain in (0.01, 100.0):
+            out, scaled = recon.network(image), recon.network(gain * image)
+            assert float((scaled - gain * out).abs().max()) < 1e-5 * float((gain * out).abs().max())
+        bare, bare_scaled = recon.network.net(image), recon.network.net(0.01 * image)  # biases do not scale
+        assert float((bare_scaled - 0.01 * bare).abs().max()) > 1e-2 * float((0.01 * bare).abs().max())
+    recon.save(tmp_path)
+    loaded = Recon.load(tmp_path)
+    assert loaded.config.network_scale == "normalised" and loaded.network is not None
+    assert torch.equal(loaded.network(image), recon.network(image))
+    with pytest.raises(ValueError, match=r"network_scale 'normalised' needs network 'cnn' or 'unet' \(got 'none'"):
+        ReconConfig(network_scale="normalised")
 
 
 def test_fresh_network_is_the_identity() -> None:
