@@ -123,7 +123,7 @@ class ReconConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _unrolled(self) -> ReconConfig:
+    def _network_settings(self) -> ReconConfig:
         if self.network == "unrolled":
             if self.method not in ("cg", "sense"):
                 raise ValueError(f"network 'unrolled' replaces the solve of method 'sense' or 'cg' (got "
