@@ -143,8 +143,9 @@ def test_final_recon_steps_train_the_recon_alone_for_the_binary_mask(tmp_path: P
     """``optimizer.final_recon_steps``: after the joint steps the logits stop and the recon trains on the mask
     the bundle exports, not on drawn ones."""
     torch.set_num_threads(1)
-    task = parse_task(tiny(optimizer={**tiny()["optimizer"], "iterations": 2, "final_recon_steps": 2}), "task.yaml",
-                      REPO)
+    spec = tiny()
+    spec["optimizer"].update(iterations=2, final_recon_steps=2)
+    task = parse_task(spec, "task.yaml", REPO)
     trainer = Trainer(task, tmp_path / "run", progress=False)
     sampling = trainer.model.sampling
     assert sampling is not None and trainer.total == 4
