@@ -512,6 +512,9 @@ def recon(
 
     check_outputs({"-o": output, "--nifti": nifti, "--png": png},
                   {"RAW": raw_path, "--seq": seq, "--with": bundle / "recon.pt" if bundle else None})
+    if output.suffix.lower() not in (".h5", ".hdf5", ".mrd"):
+        raise MrbridgeError(f"-o {output}: the images are written as ISMRMRD HDF5; expected a name ending in .h5, "
+                            ".hdf5 or .mrd (for a picture add --png NAME.png)")
     if nifti is not None and not nifti.name.endswith((".nii", ".nii.gz")):
         raise MrbridgeError(f"--nifti {nifti}: expected a name ending in .nii or .nii.gz")
     raw = read_raw(raw_path, seq, trajectory_delay=delay_us * 1e-6)

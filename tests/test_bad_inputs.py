@@ -84,6 +84,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("recon-output-hard-link", ["recon", "{raw}", "-o", "{raw_hard}"], ["overwrite the input", "RAW"]),
     ("recon-png-is-raw", ["recon", "{raw}", "-o", "{out}", "--png", "{raw}"], ["--png", "overwrite"]),
     ("recon-nifti-suffix", ["recon", "{raw}", "-o", "{out}", "--nifti", "{out}.png"], ["--nifti", ".nii"]),
+    ("recon-output-suffix", ["recon", "{raw}", "-o", "{out}.png"], ["-o", "result.h5.png", ".h5", "--png"]),
     ("recon-method-unknown", ["recon", "{raw}", "-o", "{out}", "--method", "magic"], ["method", "magic"]),
     ("recon-bundle-missing", ["recon", "{raw}", "-o", "{out}", "--with", "{missing}"], ["recon.json"]),
     ("recon-bundle-empty-config", ["recon", "{raw}", "-o", "{out}", "--with", "{bundle_empty}"], ["recon.pt"]),

@@ -91,7 +91,7 @@ def test_the_exported_protocol_simulates_and_unfolds_with_sense(name: str, toler
                      str(raw_path)],
                     ["simulate", "--protocol", str(protocol), "--twin", "builtin:brain", "--coils", "8", "-o",
                      str(direct)],
-                    ["recon", str(raw_path), "--method", "sense", "-o", str(tmp_path / "sense.png")]):
+                    ["recon", str(raw_path), "--method", "sense", "-o", str(tmp_path / "sense.h5")]):
         done = runner.invoke(app, command)
         assert done.exit_code == 0, f"{command[0]}: {done.output}{done.exception}"
     raw = read_raw(raw_path)
