@@ -562,11 +562,12 @@ def convert(
 
 
 #: provenance entries that say what was inferred from a .seq or rejoined from a twix file
-NOTES = ("rf_use_inferred", "fov_source", "adc_segments_rejoined")
+NOTES = ("rf_use_inferred", "fov_source", "adc_segments_rejoined", "twin_span")
 
 
 def _print_notes(provenance: dict[str, str]) -> None:
-    """Tell the user what was inferred rather than read (a 1.4 file's RF use, the FOV, ADC segments)."""
+    """Tell the user what was inferred rather than read (a 1.4 file's RF use, the FOV, ADC segments) and what a
+    simulation may not have meant (a twin far smaller than the image)."""
     for key in NOTES:
         if key in provenance:
             what = {"adc_segments_rejoined": "ADC events rejoined from scanner segments: "}.get(key, "")

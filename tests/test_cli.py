@@ -96,6 +96,17 @@ def test_bad_twin_is_one_line_exit_2(
     assert not (tmp_path / "r.h5").exists()
 
 
+def test_simulate_notes_a_twin_far_smaller_than_the_image(tmp_path: Path) -> None:
+    """SPIN's phantoms span 64 mm: at gre.yaml's 200 mm they fill a third of the image, and simulate says so; at
+    se.yaml's 64 mm it says nothing."""
+    for protocol, noted in (("gre", True), ("se", False)):
+        result = run_cli("simulate", "--protocol", f"protocols/{protocol}.yaml", "--twin", "builtin:spin-random",
+                         "--matrix", "8", "-o", str(tmp_path / f"{protocol}.h5"))
+        assert result.returncode == 0, result.stderr
+        note = "note: the twin spans 64 × 64 mm, 32 % of the sequence's 200 × 200 mm field of view"
+        assert (note in " ".join((result.stdout + result.stderr).split())) == noted, result.stdout
+
+
 def test_calibrate_from_nifti_and_show(tmp_path: Path) -> None:
     maps = synthetic_maps(nz=1, n=16)
     args = []

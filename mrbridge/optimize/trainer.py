@@ -115,6 +115,10 @@ class Trainer:
         # None: a bar on a terminal, plain lines in a log; False: nothing (--quiet); only the main process shows
         self.show = (progress is None or progress) and self.dist.main
         self.plain = progress is None and not sys.stderr.isatty()
+        side = task.protocol.fov
+        self.notes = [n for n in [self.data[self.data.train[0]].span_note((side, side))] if n]
+        for note in self.notes if self.show else []:
+            print(f"note: {note}", file=sys.stderr)
         if (self.out / CHECKPOINT).exists():
             if not resume:
                 raise InputError(f"{self.out}: holds a checkpoint of an earlier run; resume it (--resume) or "
@@ -329,7 +333,7 @@ class Trainer:
         final = {k: v for k, v in validated[-1].items() if k.startswith("val_")} if validated else {}
         return {"task": self.task.task.name, "partial": partial, "steps": self.step, "total_steps": self.total,
                 "stopped_early": self.stopped, "engine": self.model.engine, "world": self.dist.world,
-                "initial": self.initial, "final": final,
+                "notes": self.notes, "initial": self.initial, "final": final,
                 "final_step": int(validated[-1]["step"]) if validated else 0,
                 "parameters": {k: v.detach().cpu().reshape(-1).tolist()
                                for k, v in self.model.params.values().items()},

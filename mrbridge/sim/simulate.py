@@ -63,6 +63,8 @@ def simulate(seq: Sequence, twin: Twin, *, engine: str = "graph", noise: float =
     signal = run(seq, twin, **{option: value}, **extra)
     raw = to_rawdata(seq, signal, noise=noise, seed=seed, field_strength_t=field_strength_t)
     raw.provenance.update(engine=engine, **{option: str(value)}, **{k: str(v) for k, v in extra.items()})
+    if note := twin.span_note((seq.info.fov[0], seq.info.fov[1])):
+        raw.provenance["twin_span"] = note
     if "refined_from_sha256" in twin.provenance:  # compare tells a refined twin's fit from its prediction by these
         raw.provenance["twin_refined_from_sha256"] = twin.provenance["refined_from_sha256"]
     return raw

@@ -103,6 +103,17 @@ class Twin:
         nz, ny, nx = self.shape
         return torch.tensor(self.fov, dtype=torch.float64) / torch.tensor([nx, ny, nz], dtype=torch.float64)
 
+    def span_note(self, fov: tuple[float, float]) -> str | None:
+        """A note when this twin spans under half of an image's field of view ``fov`` (x, y; m) along x or y: the
+        object then fills only that share of the image (SPIN's phantoms span 64 mm, the protocols' images 200 mm).
+        None otherwise."""
+        share = min(self.fov[0] / fov[0], self.fov[1] / fov[1])
+        if share >= 0.5:
+            return None
+        return (f"the twin spans {1e3 * self.fov[0]:g} × {1e3 * self.fov[1]:g} mm, {100 * share:.0f} % of the "
+                f"sequence's {1e3 * fov[0]:g} × {1e3 * fov[1]:g} mm field of view, and fills only that share of the "
+                "image (a protocol's fov_mm sets the field of view)")
+
     def positions(self) -> torch.Tensor:
         """Voxel centres. Returns: Tensor  # (z, y, x, 3) m, last axis (x, y, z)."""
         nz, ny, nx = self.shape

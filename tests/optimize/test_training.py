@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from mrbridge.errors import InputError
-from mrbridge.optimize.trainer import optimize
+from mrbridge.optimize.task import load_task
+from mrbridge.optimize.trainer import Trainer, optimize
 from mrbridge.recon.pipeline import Recon
 from mrbridge.sequence.export import export_seq
 from mrbridge.sequence.model import Sequence
 from mrbridge.sequence.safety import check_safety
 from mrbridge.system import System
 from tests.export.common import kspace_error_in_steps, read_back
-from tests.optimize.tasks import gre_from_zero, spin, t1_mapping, write
+from tests.optimize.tasks import SE, gre_from_zero, spin, t1_mapping, write
 
 
 @pytest.mark.slow
@@ -121,3 +122,16 @@ def test_trained_tikhonov_grows_with_noise_and_lands_in_the_bundle(tmp_path: Pat
     optimize(write(tmp_path / "gre.yaml", task), tmp_path / "run", progress=False)
     learned = float(Recon.load(tmp_path / "run").tikhonov().detach())
     assert learned > 1e-2, f"λ went from 1e-3 to {learned:.2e}, expected to grow with noisy data"
+
+
+def test_a_twin_far_smaller_than_the_image_is_noted(tmp_path: Path) -> None:
+    """SPIN's phantoms span 64 mm: the SPIN task's 64 mm images get no note; at 200 mm the note gives both sizes."""
+    notes = {}
+    for fov in (64, 200):
+        task = spin()
+        task["sequence"]["set"]["fov_mm"] = fov
+        task["target"]["protocol"] = {**SE, "fov_mm": fov}
+        trainer = Trainer(load_task(write(tmp_path / f"spin{fov}.yaml", task)), tmp_path / "run", progress=False)
+        notes[fov] = trainer.notes
+    assert notes[64] == []
+    assert len(notes[200]) == 1 and "spans 64 × 64 mm, 32 % of the sequence's 200 × 200 mm" in notes[200][0]
