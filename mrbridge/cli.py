@@ -561,7 +561,7 @@ def convert(
     out.print(f"wrote {output}  ({raw.coils} coils × {raw.readouts} readouts × {raw.samples} samples)")
 
 
-#: provenance entries that say what was inferred from a .seq or rejoined from a twix file
+#: provenance entries that say what was inferred from a .seq, rejoined from a twix file or noted of a simulation
 NOTES = ("rf_use_inferred", "fov_source", "adc_segments_rejoined", "twin_span")
 
 
