@@ -2,7 +2,9 @@
 undersampled retrospectively.
 
 Twins (64², 8 simulated coils): SPIN random phantoms (``spin-random``, seed i) and the brain twin with perturbed
-maps (PD, T1, T2 multiplied by smooth random fields, then flipped / transposed at random). Each twin is
+maps (PD, T1, T2 multiplied by smooth random fields, then flipped / transposed at random), each spanning the
+protocol's field of view, as a head roughly spans a head scan's (the SPIN phantoms are drawn on 64 mm, the brain
+on 220 mm: at the protocol's 200 mm as they are, a SPIN phantom would be a third of the image wide). Each twin is
 simulated ONCE with the fully sampled GRE of ``protocols/gre.yaml`` (graph engine, noise-free, cached on disk).
 An accelerated acquisition is then the RawData of the lines an ``Undersampling`` pattern picks, with its ACS
 lines flagged as the builder flags them, plus complex Gaussian noise of σ relative to the largest |k| of the
@@ -27,10 +29,13 @@ from mrbridge.sequence.protocol import load_protocol
 from mrbridge.sequence.undersampling import ACS_FLAGS, Undersampling, acquired_lines
 from mrbridge.sim.common import to_rawdata
 from mrbridge.sim.graph import simulate_graph
+from mrbridge.twin.coils import simulated_coils
 from mrbridge.twin.phantoms import builtin
 from mrbridge.twin.twin import Twin
 
 REPO = Path(__file__).resolve().parent.parent
+PROTOCOL = REPO / "protocols" / "gre.yaml"
+FOV_MM = load_protocol(PROTOCOL).fov_mm
 MATRIX, COILS = 64, 8
 
 
@@ -60,19 +65,25 @@ def perturbed_brain(seed: int) -> Twin:
 
 
 def twin(index: int) -> Twin:
-    """Twin ``index``: even ones SPIN random phantoms, odd ones perturbed brains."""
-    if index % 2 == 0:
-        return builtin("spin-random", matrix=MATRIX, coils=COILS, seed=index)
-    return perturbed_brain(index)
+    """Twin ``index``: even ones SPIN random phantoms, odd ones perturbed brains; on the protocol's field of view
+    (with coils simulated for it)."""
+    made = builtin("spin-random", matrix=MATRIX, coils=COILS, seed=index) if index % 2 == 0 else perturbed_brain(index)
+    fov = (FOV_MM * 1e-3, FOV_MM * 1e-3, made.fov[2])
+    return replace(made, fov=fov, coil_sens=simulated_coils(made.shape, fov, COILS))
 
 
 def full_raw(indices: list[int], cache: Path, *, batch: int = 8) -> list[RawData]:
     """Noise-free fully sampled GRE RawData of the twins (signals simulated in batches of twins, which share
-    the coil sensitivities, and cached in ``cache``)."""
-    protocol = load_protocol(REPO / "protocols" / "gre.yaml")
-    seq = build(protocol)
+    the field of view and coil sensitivities, and cached in ``cache`` as ``twinNNN_fov200mm.pt``: the name says the
+    field of view, so that signals of twins a third of the image wide, as sessions 7–11 cached them as
+    ``twinNNN.pt``, are not taken for these)."""
+    seq = build(load_protocol(PROTOCOL))
     cache.mkdir(parents=True, exist_ok=True)
-    missing = [i for i in indices if not (cache / f"twin{i:03d}.pt").is_file()]
+
+    def file(i: int) -> Path:
+        return cache / f"twin{i:03d}_fov{FOV_MM:g}mm.pt"
+
+    missing = [i for i in indices if not file(i).is_file()]
     for start in range(0, len(missing), batch):
         group = missing[start:start + batch]
         twins = [twin(i) for i in group]
@@ -82,8 +93,8 @@ def full_raw(indices: list[int], cache: Path, *, batch: int = 8) -> list[RawData
         with torch.no_grad():
             signals = simulate_graph(seq, stacked)
         for i, signal in zip(group, signals.unbind(0), strict=True):
-            torch.save(signal.clone(), cache / f"twin{i:03d}.pt")
-    return [to_rawdata(seq, torch.load(cache / f"twin{i:03d}.pt", weights_only=True)) for i in indices]
+            torch.save(signal.clone(), file(i))
+    return [to_rawdata(seq, torch.load(file(i), weights_only=True)) for i in indices]
 
 
 def target(raw: RawData) -> torch.Tensor:
