@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from unrolled_data import full_raw, target, undersample
-from unrolled_table import TEST, TRAIN, metrics, scan, with_random_phase
+from unrolled_table import metrics, scan, twin_indices, with_random_phase
 
 from mrbridge.optimize.sampling import LineSampling, SamplingParam
 from mrbridge.raw.rawdata import RawData
@@ -66,7 +66,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=5e-4)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    raws = full_raw(TRAIN + TEST, args.cache or args.bundles / "signals")
+    train_ids, test_ids = twin_indices(32, 8)
+    raws = full_raw(train_ids + test_ids, args.cache or args.bundles / "signals")
     truths = [target(r) for r in raws]
     start_recon = Recon.load(args.bundles / "unrolled")
     results: dict[str, object] = {}
@@ -82,7 +83,7 @@ def main() -> None:
     rng = np.random.default_rng(3)
     t0, steps = time.perf_counter(), 0
     while time.perf_counter() - t0 < 60 * args.minutes:
-        i = int(rng.integers(len(TRAIN)))
+        i = int(rng.integers(len(train_ids)))
         p = problem(with_random_phase(raws[i], rng), args.noise, int(rng.integers(1 << 30)))
         relaxed = sampling.weights(binary=False, seed=int(rng.integers(1 << 30)))[:, None]
         loss = l1(reconstruct(learned, p, relaxed), i)
@@ -99,7 +100,7 @@ def main() -> None:
     opt = torch.optim.Adam(baseline.parameters(), lr=2e-4)
     t0, steps = time.perf_counter(), 0
     while time.perf_counter() - t0 < 60 * args.minutes:
-        i = int(rng.integers(len(TRAIN)))
+        i = int(rng.integers(len(train_ids)))
         raw = scan(with_random_phase(raws[i], rng), 4, args.noise, int(rng.integers(1 << 30)))
         loss = l1(baseline(raw).data[0, 0, 0], i)
         opt.zero_grad(set_to_none=True)
@@ -110,7 +111,7 @@ def main() -> None:
 
     binary = sampling.weights(binary=True)[:, None]
     scores: dict[str, list[tuple[float, float]]] = {"loupe": [], "variable_density": []}
-    for j, i in enumerate(range(len(TRAIN), len(TRAIN) + len(TEST))):
+    for j, i in enumerate(range(len(train_ids), len(train_ids) + len(test_ids))):
         with torch.no_grad():
             p = problem(raws[i], args.noise, 1000 + j + 7919)
             scores["loupe"].append(metrics(reconstruct(learned, p, binary), truths[i]))

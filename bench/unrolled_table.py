@@ -5,10 +5,11 @@ Run by hand (minutes; never part of pass/fail), e.g.::
     nice -n 10 .venv/bin/python bench/unrolled_table.py --out out/unrolled --train-minutes 12
 
 Data (``bench/unrolled_data.py``): 64², 8 simulated coils, randomised twins simulated once fully sampled with
-``protocols/gre.yaml``; twins 0 … 31 train, 32 … 39 are held out. Accelerated scans are the lines of a seeded
-variable-density pattern (R = 4: 8 ACS lines, R = 6: 6 ACS lines; the lines of ``mrbridge.sequence.undersampling``)
-plus complex Gaussian noise of σ = ``--noise``·max|k|. Every method runs through ``mrbridge.recon.pipeline.Recon``
-on that RawData (coil sensitivities by Walsh from the ACS lines):
+``protocols/gre.yaml``; ``--train-twins`` (256: twins 0 … 31 and 64 … 287) train, ``--test-twins`` (32: twins
+32 … 63) are held out (sessions 7–11 used 32 and 8, of twins that filled a third of the field of view). Accelerated
+scans are the lines of a seeded variable-density pattern (R = 4: 8 ACS lines, R = 6: 6 ACS lines; the lines of
+``mrbridge.sequence.undersampling``) plus complex Gaussian noise of σ = ``--noise``·max|k|. Every method runs
+through ``mrbridge.recon.pipeline.Recon`` on that RawData (coil sensitivities by Walsh from the ACS lines):
 
 - zero-filled: the inverse FFT, sensitivity-combined;
 - SENSE, best λ: CG-SENSE (30 iterations) with the Tikhonov λ of best mean PSNR on 8 training twins, per R;
@@ -52,9 +53,16 @@ from mrbridge.recon.operators import FourierOp
 from mrbridge.recon.pipeline import Recon, ReconConfig
 from mrbridge.sequence.undersampling import Undersampling
 
-TRAIN, TEST = list(range(32)), list(range(32, 40))
 ACS = {4: 8, 6: 6}
 LAMBDAS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
+
+
+def twin_indices(train: int, test: int) -> tuple[list[int], list[int]]:
+    """Training and held-out twin indices: 0 … 31 then 64 … for training, 32 … 63 held out (so the first 32 / 8 are
+    those of every earlier run)."""
+    if not 1 <= test <= 32:
+        raise SystemExit(f"--test-twins {test}: expected 1 … 32")
+    return list(range(min(train, 32))) + list(range(64, 64 + max(train - 32, 0))), list(range(32, 32 + test))
 
 
 def scan(raw: RawData, r: int, noise: float, seed: int) -> RawData:
@@ -156,6 +164,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cache", type=Path, default=None, help="simulated signals (default: OUT/signals)")
     ap.add_argument("--noise", type=float, default=5e-4, help="σ relative to the twin's max |k|")
+    ap.add_argument("--train-twins", type=int, default=256, help="twins the networks train on")
+    ap.add_argument("--test-twins", type=int, default=32, help="held-out twins of the table (at most 32)")
     ap.add_argument("--train-minutes", type=float, default=12.0)
     ap.add_argument("--post-minutes", type=float, default=None, help="CG + U-Net's budget (default: the "
                     "unrolled net's, --train-minutes)")
@@ -194,11 +204,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    raws = full_raw(TRAIN + TEST, args.cache or out / "signals")
+    train_ids, test_ids = twin_indices(args.train_twins, args.test_twins)
+    raws = full_raw(train_ids + test_ids, args.cache or out / "signals")
     truths = [target(r) for r in raws]
     print(f"data: {len(raws)} twins in {time.perf_counter() - t0:.0f} s", flush=True)
-    train_raws, train_truths = raws[: len(TRAIN)], truths[: len(TRAIN)]
-    test_raws, test_truths = raws[len(TRAIN):], truths[len(TRAIN):]
+    train_raws, train_truths = raws[: len(train_ids)], truths[: len(train_ids)]
+    test_raws, test_truths = raws[len(train_ids):], truths[len(train_ids):]
 
     best = {r: best_lambda(train_raws[:8], train_truths[:8], r, args.noise) for r in (4, 6)}
     print(f"best λ: {best}", flush=True)
@@ -273,7 +284,8 @@ def main() -> None:
                         (f"unrolled ({steps} steps)", unrolled)):
         values = [psnr_at_gain(recon, test_raws, test_truths, 4, args.noise, g) for g in gains]
         lines.append(f"- {name}: " + ", ".join(f"{v:.2f}" for v in values))
-    lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; test twins {TEST[0]}–{TEST[-1]} (held out), "
+    lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; {len(train_ids)} training twins, "
+              f"test twins {test_ids[0]}–{test_ids[-1]} (held out), "
               f"variable-density masks (ACS {ACS}), 64², 8 coils",
               f"trained λₙ (n = 1 … {steps}): {lambdas}  (seed pattern: 7.05, 7.05, 3.91, 1.85, 1.11, 0.91)",
               f"parameters: unrolled {n_unrolled} ({'shared U-Net' if shared else 'one U-Net per step'}"
