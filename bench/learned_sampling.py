@@ -14,18 +14,19 @@ coils, SPIN random twins) is run twice per variable-density pattern seed and opt
 Both share everything else: twins, noise, recon, steps. Both end with ``--final-recon-steps`` F of their steps
 training the recon alone for the binary mask (``optimizer.final_recon_steps``; by default the task's share, a
 quarter; for the fixed mask that is what every step does). Prints each run's validation NRMSE / PSNR / SSIM on the
-10 held-out twins (binary masks) and its lines, then the mean difference learned − fixed.
+10 held-out twins (binary masks) and its lines, then the paired differences learned − fixed (mean ±
+standard error over the runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from mrbridge.optimize.trainer import optimize
@@ -83,8 +84,11 @@ def main() -> None:
                       f"{final['val_psnr']:8.2f} {final['val_ssim']:6.3f} {time.perf_counter() - started:5.0f}  "
                       f"{summary['sampling']}", flush=True)
             gains.append({k: scores[True][k] - scores[False][k] for k in ("val_nrmse", "val_psnr", "val_ssim")})
-    mean = {k: sum(g[k] for g in gains) / len(gains) for k in gains[0]}
-    print("learned − fixed, mean over runs: " + json.dumps({k: round(v, 4) for k, v in mean.items()}))
+    print("learned − fixed over the runs, mean ± standard error (learned ahead in how many):")
+    for key, better in (("val_nrmse", -1), ("val_psnr", 1), ("val_ssim", 1)):
+        d = np.array([g[key] for g in gains])
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        print(f"  {key}: {d.mean():+.4f} ± {se:.4f} ({int((better * d > 0).sum())} of {len(d)})")
     print(f"folders in {work}")
 
 
