@@ -117,8 +117,9 @@ class Trainer:
         self.plain = progress is None and not sys.stderr.isatty()
         side = task.protocol.fov
         self.notes = [n for n in [self.data[self.data.train[0]].span_note((side, side))] if n]
-        for note in self.notes if self.show else []:
-            print(f"note: {note}", file=sys.stderr)
+        for note in self.notes:
+            if self.show:
+                print(f"note: {note}", file=sys.stderr)
         if (self.out / CHECKPOINT).exists():
             if not resume:
                 raise InputError(f"{self.out}: holds a checkpoint of an earlier run; resume it (--resume) or "
