@@ -2,8 +2,9 @@
 undersampled retrospectively.
 
 Twins (64², 8 simulated coils): SPIN random phantoms (``spin-random``, seed i) and the brain twin with perturbed
-maps (PD, T1, T2 multiplied by smooth random fields, then flipped / transposed at random), each spanning the
-protocol's field of view, as a head roughly spans a head scan's (the SPIN phantoms are drawn on 64 mm, the brain
+maps (PD, T1, T2 multiplied by smooth random fields, then flipped / transposed at random), and, from index
+:data:`BOTTLES` on, water bottles with vials (test objects without a skull, as scanners' phantoms are), each spanning
+the protocol's field of view, as a head roughly spans a head scan's (the SPIN phantoms are drawn on 64 mm, the brain
 on 220 mm: at the protocol's 200 mm as they are, a SPIN phantom would be a third of the image wide). Each twin is
 simulated ONCE with the fully sampled GRE of ``protocols/gre.yaml`` (graph engine, noise-free, cached on disk).
 An accelerated acquisition is then the RawData of the lines an ``Undersampling`` pattern picks, with its ACS
@@ -30,6 +31,7 @@ from mrbridge.sequence.undersampling import ACS_FLAGS, Undersampling, acquired_l
 from mrbridge.sim.common import to_rawdata
 from mrbridge.sim.graph import simulate_graph
 from mrbridge.twin.coils import simulated_coils
+from mrbridge.twin.ellipses import Ellipse, paint
 from mrbridge.twin.phantoms import builtin
 from mrbridge.twin.twin import Twin
 
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROTOCOL = REPO / "protocols" / "gre.yaml"
 FOV_MM = load_protocol(PROTOCOL).fov_mm
 MATRIX, COILS = 64, 8
+BOTTLES = 1000  # twin indices from here on are water bottles
 
 
 def _smooth_field(rng: np.random.Generator, n: int, strength: float) -> torch.Tensor:
@@ -64,10 +67,41 @@ def perturbed_brain(seed: int) -> Twin:
                    t2dash=maps[3].contiguous(), b0=maps[4].contiguous(), b1=maps[5].contiguous(), labels=None)
 
 
+def water_bottle(seed: int) -> Twin:
+    """A test-object phantom without a skull: an elliptical bottle (half-axes 0.5–0.9 of the half field of view,
+    off centre by up to 0.1) of doped water (PD 0.7–1 times a smooth field, T1 0.1–2 s, T2 0.03–0.6 s ≤ T1,
+    T2' 0.05–0.3 s) holding 0–6 vials (half-axes 0.04–0.2) of other water (or, one in five, of no signal: an
+    air bubble, a plastic insert)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0.5, 0.9, 2)
+    bottle = Ellipse(*rng.uniform(-0.1, 0.1, 2), a, b, rng.uniform(0, 180))
+    shapes, pds, t1s, t2s = [bottle], [rng.uniform(0.7, 1.0)], [rng.uniform(0.1, 2.0)], [rng.uniform(0.03, 0.6)]
+    for _ in range(int(rng.integers(7))):
+        r, angle = rng.uniform(0.2, 0.8) * min(a, b), rng.uniform(0, 2 * np.pi)
+        vial = Ellipse(bottle.x + r * np.cos(angle), bottle.y + r * np.sin(angle), *rng.uniform(0.04, 0.2, 2),
+                       rng.uniform(0, 180))
+        shapes.append(vial)
+        pds.append(0.0 if rng.random() < 0.2 else rng.uniform(0.3, 1.0))
+        t1s.append(rng.uniform(0.1, 2.0))
+        t2s.append(rng.uniform(0.03, 0.6))
+    inside = torch.from_numpy(paint([bottle], [1.0], MATRIX, 0.0)).float()  # vials end at the bottle's wall
+    pd = torch.from_numpy(paint(shapes, pds, MATRIX, 0.0)).float() * inside * _smooth_field(rng, MATRIX, 0.15)
+    t1 = torch.from_numpy(paint(shapes, t1s, MATRIX, 1.0)).float()
+    t2 = torch.minimum(torch.from_numpy(paint(shapes, t2s, MATRIX, 1.0)).float(), t1)
+    t2dash = torch.full_like(pd, rng.uniform(0.05, 0.3))
+    return Twin.from_maps(pd, t1, t2, (FOV_MM * 1e-3, FOV_MM * 1e-3, 5e-3), t2dash=t2dash,
+                          provenance={"bench": "water bottle", "seed": seed})
+
+
 def twin(index: int) -> Twin:
-    """Twin ``index``: even ones SPIN random phantoms, odd ones perturbed brains; on the protocol's field of view
-    (with coils simulated for it)."""
-    made = builtin("spin-random", matrix=MATRIX, coils=COILS, seed=index) if index % 2 == 0 else perturbed_brain(index)
+    """Twin ``index``: below :data:`BOTTLES` even ones SPIN random phantoms, odd ones perturbed brains; from there
+    on water bottles; on the protocol's field of view (with coils simulated for it)."""
+    if index >= BOTTLES:
+        made = water_bottle(index)
+    elif index % 2 == 0:
+        made = builtin("spin-random", matrix=MATRIX, coils=COILS, seed=index)
+    else:
+        made = perturbed_brain(index)
     fov = (FOV_MM * 1e-3, FOV_MM * 1e-3, made.fov[2])
     return replace(made, fov=fov, coil_sens=simulated_coils(made.shape, fov, COILS))
 

@@ -5,11 +5,13 @@ Run by hand (minutes; never part of pass/fail), e.g.::
     nice -n 10 .venv/bin/python bench/unrolled_table.py --out out/unrolled --train-minutes 12
 
 Data (``bench/unrolled_data.py``): 64², 8 simulated coils, randomised twins simulated once fully sampled with
-``protocols/gre.yaml``; ``--train-twins`` (256: twins 0 … 31 and 64 … 287) train, ``--test-twins`` (32: twins
-32 … 63) are held out (sessions 7–11 used 32 and 8, of twins that filled a third of the field of view). Accelerated
-scans are the lines of a seeded variable-density pattern (R = 4: 8 ACS lines, R = 6: 6 ACS lines; the lines of
-``mrbridge.sequence.undersampling``) plus complex Gaussian noise of σ = ``--noise``·max|k|. Every method runs
-through ``mrbridge.recon.pipeline.Recon`` on that RawData (coil sensitivities by Walsh from the ACS lines):
+``protocols/gre.yaml``; ``--train-twins`` (256: twins 0 … 31 and 64 … 287) train, with ``--bottle-twins`` (128) water
+bottles (twins 1000 …: test objects without a skull, for nets that will see a scanner's phantom), and
+``--test-twins`` (32: twins 32 … 63) are held out (sessions 7–11 used 32 and 8, of twins that filled a third of the
+field of view). Accelerated scans are the lines of a seeded variable-density pattern (R = 4: 8 ACS lines, R = 6: 6
+ACS lines; the lines of ``mrbridge.sequence.undersampling``) plus complex Gaussian noise of σ = ``--noise``·max|k|.
+Every method runs through ``mrbridge.recon.pipeline.Recon`` on that RawData (coil sensitivities by Walsh from the
+ACS lines):
 
 - zero-filled: the inverse FFT, sensitivity-combined;
 - SENSE, best λ: CG-SENSE (30 iterations) with the Tikhonov λ of best mean PSNR on 8 training twins, per R;
@@ -45,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from unrolled_data import full_raw, target, undersample
+from unrolled_data import BOTTLES, full_raw, target, undersample
 
 from mrbridge.optimize import losses
 from mrbridge.raw.rawdata import RawData
@@ -57,12 +59,13 @@ ACS = {4: 8, 6: 6}
 LAMBDAS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
 
 
-def twin_indices(train: int, test: int) -> tuple[list[int], list[int]]:
+def twin_indices(train: int, test: int, bottles: int = 0) -> tuple[list[int], list[int]]:
     """Training and held-out twin indices: 0 … 31 then 64 … for training, 32 … 63 held out (so the first 32 / 8 are
-    those of every earlier run)."""
+    those of every earlier run); then ``bottles`` water bottles (:data:`unrolled_data.BOTTLES` on) for training."""
     if not 1 <= test <= 32:
         raise SystemExit(f"--test-twins {test}: expected 1 … 32")
-    return list(range(min(train, 32))) + list(range(64, 64 + max(train - 32, 0))), list(range(32, 32 + test))
+    heads = list(range(min(train, 32))) + list(range(64, 64 + max(train - 32, 0)))
+    return heads + list(range(BOTTLES, BOTTLES + bottles)), list(range(32, 32 + test))
 
 
 def scan(raw: RawData, r: int, noise: float, seed: int) -> RawData:
@@ -166,6 +169,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=5e-4, help="σ relative to the twin's max |k|")
     ap.add_argument("--train-twins", type=int, default=256, help="twins the networks train on")
     ap.add_argument("--test-twins", type=int, default=32, help="held-out twins of the table (at most 32)")
+    ap.add_argument("--bottle-twins", type=int, default=128,
+                    help="water bottles (no skull, as scanners' test objects) added to the training twins")
     ap.add_argument("--train-minutes", type=float, default=12.0)
     ap.add_argument("--post-minutes", type=float, default=None, help="CG + U-Net's budget (default: the "
                     "unrolled net's, --train-minutes)")
@@ -204,7 +209,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    train_ids, test_ids = twin_indices(args.train_twins, args.test_twins)
+    train_ids, test_ids = twin_indices(args.train_twins, args.test_twins, args.bottle_twins)
     raws = full_raw(train_ids + test_ids, args.cache or out / "signals")
     truths = [target(r) for r in raws]
     print(f"data: {len(raws)} twins in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -284,7 +289,8 @@ def main() -> None:
                         (f"unrolled ({steps} steps)", unrolled)):
         values = [psnr_at_gain(recon, test_raws, test_truths, 4, args.noise, g) for g in gains]
         lines.append(f"- {name}: " + ", ".join(f"{v:.2f}" for v in values))
-    lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; {len(train_ids)} training twins, "
+    lines += ["", f"noise σ = {args.noise:g}·max|k| per twin; {len(train_ids)} training twins "
+              f"({args.bottle_twins} of them water bottles), "
               f"test twins {test_ids[0]}–{test_ids[-1]} (held out), "
               f"variable-density masks (ACS {ACS}), 64², 8 coils",
               f"trained λₙ (n = 1 … {steps}): {lambdas}  (seed pattern: 7.05, 7.05, 3.91, 1.85, 1.11, 0.91)",
