@@ -16,6 +16,7 @@ from torch import nn
 from mrbridge.errors import ConfigError
 from mrbridge.optimize import losses
 from mrbridge.optimize.data import TwinSet
+from mrbridge.optimize.measured import MeasuredSet
 from mrbridge.optimize.parametrize import SequenceParameters
 from mrbridge.optimize.sampling import LineSampling, select_lines
 from mrbridge.optimize.task import HardwareLoss, ImageLoss, ResolvedTask, SarLoss, ScanTimeLoss, T1Target
@@ -26,6 +27,7 @@ from mrbridge.sequence.model import Sequence
 from mrbridge.sim.bloch import DEFAULT_SPINS, simulate_bloch
 from mrbridge.sim.common import to_rawdata
 from mrbridge.sim.graph import simulate_graph
+from mrbridge.twin.twin import Twin
 
 ENGINES = ("bloch", "graph")
 
@@ -50,7 +52,7 @@ class Outputs:
 class JointModel(nn.Module):
     """Trainable sequence + recon (network and/or per-voxel MLP) of a task, and its forward chain."""
 
-    def __init__(self, task: ResolvedTask, data: TwinSet, *, engine: str | None = None,
+    def __init__(self, task: ResolvedTask, data: TwinSet | MeasuredSet, *, engine: str | None = None,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
         t = task.task
@@ -92,6 +94,7 @@ class JointModel(nn.Module):
     # ---- simulation ------------------------------------------------------------------------------------
     def simulate(self, seq: Sequence, indices: list[int]) -> list[torch.Tensor]:
         """Noise-free signals, one (coils, adc_samples) complex tensor per twin."""
+        assert isinstance(self.data, TwinSet), "measured scans are not simulated"
         sim = self.task.task.sim
         if self.engine == "graph":
             batch = self.data.batch(indices).to(self.device)
@@ -138,21 +141,19 @@ class JointModel(nn.Module):
         if index in self._targets:
             return self._targets[index]
         t = self.task.task.target
-        twin = self.data[index]
         peak = 1.0
         with torch.no_grad():
             if t.kind == "reference":
-                assert self.reference is not None
-                ref = self.reference.to(self.device)
-                signal = self._reference_signal(index)
-                peak = float(signal.abs().max())
-                image = self._image(to_rawdata(ref, signal))
+                raw = self._reference_raw(index)
+                peak = float(raw.kdata.abs().max())
+                image = self._image(raw)
                 image = image.abs() if self.task.task.recon.magnitude else image
                 scale = float(image.abs().max())
                 value = image / scale
             elif t.kind == "t1":
-                value, scale = twin.t1[0].to(self.device), 1.0
+                value, scale = self._twin(index).t1[0].to(self.device), 1.0
             elif t.kind == "mask":
+                twin = self._twin(index)
                 assert twin.labels is not None, "mask targets need twins with labels"
                 value = torch.isin(twin.labels[0], torch.tensor(t.labels)).float()[None].to(self.device)
                 scale = 1.0
@@ -166,7 +167,8 @@ class JointModel(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------------
     def forward(self, indices: list[int], seeds: list[int], *, train_sequence: bool = True,
                 on_reference: bool = False, binary_sampling: bool = False) -> Outputs:
-        """Simulate, reconstruct and scale twins ``indices`` with noise seeds ``seeds``.
+        """Simulate, reconstruct and scale twins ``indices`` with noise seeds ``seeds`` (measured scans: take them,
+        their lines weighted by the sampling mask, and reconstruct and scale them).
 
         train_sequence: differentiate through the simulation (else, and always when no sequence parameter
         trains, the signals of the current sequence are cached and reused); on_reference: use the reference
@@ -177,28 +179,20 @@ class JointModel(nn.Module):
         lines = None
         if self.sampling is not None and not on_reference:
             lines = self.sampling.weights(binary=binary_sampling, seed=noise_seed(*seeds))
-        train_sequence = train_sequence and len(self.params.raw) > 0
-        if on_reference:
-            assert self.reference is not None
-            seq = self.reference.to(self.device)
-            signals = [self._reference_signal(i) for i in indices]
+        if isinstance(self.data, MeasuredSet):  # the scans undersampled by the line weights; nothing simulated
+            seq = self.params.sequence().detach()  # the template (no sequence parameter trains), for its losses
+            raws = [self.data.fully_sampled(i) if on_reference else self.data.scan(i, seed)
+                    for i, seed in zip(indices, seeds, strict=True)]
+            images = [self._image(raw.to(self.device), unrolled=self.recon.unrolled is not None, lines=lines)
+                      for raw in raws]
         else:
-            seq = self.params.sequence()
-            signals = self.simulate(seq, indices) if train_sequence else self.cached_signals(seq, indices)
-            seq = seq if train_sequence else seq.detach()
-        images, targets, scales = [], [], []
-        for i, signal, seed in zip(indices, signals, seeds, strict=True):
+            seq, images = self._simulated_images(indices, seeds, lines, train_sequence and len(self.params.raw) > 0,
+                                                 on_reference)
+        targets, scales = [], []
+        for i, image in zip(indices, images, strict=True):
             target, scale, _ = self.target(i)
-            if self.recon.unrolled is not None or lines is not None:
-                image = self._image(self.raw(seq, signal, i, seed), unrolled=self.recon.unrolled is not None,
-                                    lines=lines)
-            elif train_sequence or t.data.noise or on_reference or self.recon.log_tikhonov is not None:
-                image = self._image(self.raw(seq, signal, i, seed))
-            else:  # a fixed sequence without noise through a fixed solver: the image is as fixed as the signal
-                image = self._fixed_image(seq, signal, i)
             if t.target.kind not in ("reference", "t1"):
                 scale = float(image.detach().abs().max())
-            images.append(image)
             targets.append(target)
             scales.append(scale)
         stacked = torch.stack(images)  # (batch, contrasts, y, x)
@@ -210,9 +204,34 @@ class JointModel(nn.Module):
         out = Outputs(images=stacked, targets=torch.stack(targets), sequence=seq)
         if self.mlp is not None:
             assert isinstance(t.target, T1Target)
-            mask = torch.stack([self.data[i].pd[0] > t.target.pd_threshold for i in indices]).to(self.device)
+            mask = torch.stack([self._twin(i).pd[0] > t.target.pd_threshold for i in indices]).to(self.device)
             out.t1, out.mask = self.mlp(stacked), mask
         return out
+
+    def _simulated_images(self, indices: list[int], seeds: list[int], lines: torch.Tensor | None,
+                          train_sequence: bool, on_reference: bool) -> tuple[Sequence, list[torch.Tensor]]:
+        """The sequence (or the reference) simulated on twins ``indices`` and reconstructed before the network:
+        (the sequence, one (contrasts, y, x) image per twin)."""
+        if on_reference:
+            assert self.reference is not None
+            seq = self.reference.to(self.device)
+            signals = [self._reference_signal(i) for i in indices]
+        else:
+            seq = self.params.sequence()
+            signals = self.simulate(seq, indices) if train_sequence else self.cached_signals(seq, indices)
+            seq = seq if train_sequence else seq.detach()
+        images = []
+        for i, signal, seed in zip(indices, signals, seeds, strict=True):
+            if self.recon.unrolled is not None or lines is not None:
+                image = self._image(self.raw(seq, signal, i, seed), unrolled=self.recon.unrolled is not None,
+                                    lines=lines)
+            elif (train_sequence or self.task.task.data.noise or on_reference
+                  or self.recon.log_tikhonov is not None):
+                image = self._image(self.raw(seq, signal, i, seed))
+            else:  # a fixed sequence without noise through a fixed solver: the image is as fixed as the signal
+                image = self._fixed_image(seq, signal, i)
+            images.append(image)
+        return seq, images
 
     def _fixed_image(self, seq: Sequence, signal: torch.Tensor, index: int) -> torch.Tensor:
         """The noise-free base image of a cached signal, cached alongside it (keyed by the signal)."""
@@ -223,6 +242,18 @@ class JointModel(nn.Module):
                 cached = (signal, self._image(self.raw(seq, signal, index, 0)))
             self._images[key] = cached
         return cached[1]
+
+    def _reference_raw(self, index: int) -> RawData:
+        """Noise-free RawData of the reference sequence on twin ``index``, or measured scan ``index`` fully
+        sampled."""
+        if isinstance(self.data, MeasuredSet):
+            return self.data.fully_sampled(index).to(self.device)
+        assert self.reference is not None
+        return to_rawdata(self.reference.to(self.device), self._reference_signal(index))
+
+    def _twin(self, index: int) -> Twin:
+        assert isinstance(self.data, TwinSet), "measured scans have no twin"
+        return self.data[index]
 
     def _reference_signal(self, index: int) -> torch.Tensor:
         """Noise-free reference signal of twin ``index`` (cached like the targets)."""

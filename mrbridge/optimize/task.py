@@ -238,9 +238,10 @@ class SparseSpec(_Strict):
 class DataSpec(_Strict):
     """Training and validation twins."""
 
-    kind: Literal["twin", "spin_random", "sparse", "files"]
+    kind: Literal["twin", "spin_random", "sparse", "files", "raw"]
     twin: str = Field(default="builtin:spin-brain", description="kind twin: builtin:NAME or a twin .h5")
-    files: list[str] = Field(default_factory=list, description="kind files: twin .h5 paths")
+    files: list[str] = Field(default_factory=list, description="kind files: twin .h5 paths; kind raw: fully sampled "
+                             "scans, ISMRMRD .h5 or twix .dat beside its .seq, relative to the task file")
     sparse: SparseSpec = Field(default_factory=SparseSpec)
     train: int = Field(default=1, ge=1, description="training twins (spin_random, sparse)")
     validation: int = Field(default=0, ge=0, description="validation twins (the last ones of files)")
@@ -410,6 +411,7 @@ class ResolvedTask:
         self.undersampling: Undersampling | None = getattr(self.protocol, "undersampling", None)
         self.sampling = self._sampling()
         self._check_parameters()
+        self._check_measured()
 
     def _where(self, key: str) -> str:
         return f"{self.source}: field '{key}'"
@@ -500,6 +502,32 @@ class ResolvedTask:
                     raise ConfigError(
                         f"{self._where(f'parameters.{i}.{spec.bounds_key()}')} = {[lo, hi]}: the template's "
                         f"values span [{values.min():.4g}, {values.max():.4g}], outside the bounds")
+
+    def _check_measured(self) -> None:
+        """Measured scans (data kind ``raw``) train the recon and the sampling mask only, against themselves."""
+        t = self.task
+        if t.data.kind != "raw":
+            return
+        why = None
+        if not t.data.files or t.data.validation >= len(t.data.files):
+            why = (f"field 'data.files' = {t.data.files!r}: expected at least one training scan beside the "
+                   f"{t.data.validation} of data.validation")
+        elif self.sampling is None:
+            why = ("field 'parameters': no 'sampling' parameter; measured scans train a recon for a line mask: "
+                   "expected one ('train: false' keeps the protocol's lines)")
+        elif self.sequence_specs:
+            i = t.parameters.index(self.sequence_specs[0])
+            why = (f"field 'parameters.{i}.name' = {self.sequence_specs[0].name!r}: measured scans cannot be "
+                   "simulated again for another sequence; expected only the 'sampling' parameter")
+        elif t.target.kind != "reference":
+            why = (f"field 'target.kind' = {t.target.kind!r}: the target of a measured scan is its own fully "
+                   "sampled image; expected 'reference'")
+        elif t.sequence.repeat != 1:
+            why = f"field 'sequence.repeat' = {t.sequence.repeat}: a measured scan is one image; expected 1"
+        elif t.data.noise_of != "signal":
+            why = f"field 'data.noise_of' = {t.data.noise_of!r}: added noise is relative to the scan; expected 'signal'"
+        if why:
+            raise ConfigError(f"{self.source}: {why} (data kind 'raw')")
 
     def template(self) -> Sequence:
         """The template Sequence (``repeat`` copies of the protocol's sequence); with ``sampling`` the protocol

@@ -33,6 +33,7 @@ from mrbridge.errors import InputError, MrbridgeError
 from mrbridge.optimize import losses
 from mrbridge.optimize.data import TwinSet
 from mrbridge.optimize.distributed import Dist, setup, teardown
+from mrbridge.optimize.measured import MeasuredSet
 from mrbridge.optimize.model import JointModel, noise_seed
 from mrbridge.optimize.plots import write_plots
 from mrbridge.optimize.task import ResolvedTask, Schedule, load_task
@@ -97,7 +98,7 @@ class Trainer:
         t = task.task
         seed = t.optimizer.seed
         torch.manual_seed(seed)
-        self.data = TwinSet(t.data, task.protocol.matrix, task.source)
+        self.data = MeasuredSet(task) if t.data.kind == "raw" else TwinSet(t.data, task.protocol.matrix, task.source)
         self.model = JointModel(task, self.data, engine=engine, device=device)
         self.phases = phases(task)
         self.total = sum(p.steps for p in self.phases)
@@ -116,7 +117,8 @@ class Trainer:
         self.show = (progress is None or progress) and self.dist.main
         self.plain = progress is None and not sys.stderr.isatty()
         side = task.protocol.fov
-        self.notes = [n for n in [self.data[self.data.train[0]].span_note((side, side))] if n]
+        first = self.data[self.data.train[0]] if isinstance(self.data, TwinSet) else None
+        self.notes = [n for n in [first and first.span_note((side, side))] if n]
         for note in self.notes:
             if self.show:
                 print(f"note: {note}", file=sys.stderr)
