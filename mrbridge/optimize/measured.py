@@ -59,9 +59,6 @@ class MeasuredSet:
                              f"sampled 2D scan on the protocol's {n} × {n} grid, each of its {n} lines once")
         return raw
 
-    def __len__(self) -> int:
-        return len(self.scans)
-
     def scan(self, index: int, seed: int) -> RawData:
         """Scan ``index`` as an accelerated acquisition sees it: ACS lines flagged, plus ``noise`` seeded by ``seed``
         (the sampling mask's line weights apply in the recon)."""

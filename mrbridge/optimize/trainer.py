@@ -117,8 +117,8 @@ class Trainer:
         self.show = (progress is None or progress) and self.dist.main
         self.plain = progress is None and not sys.stderr.isatty()
         side = task.protocol.fov
-        first = self.data[self.data.train[0]] if isinstance(self.data, TwinSet) else None
-        self.notes = [n for n in [first and first.span_note((side, side))] if n]
+        note = self.data[self.data.train[0]].span_note((side, side)) if isinstance(self.data, TwinSet) else None
+        self.notes = [note] if note else []
         for note in self.notes:
             if self.show:
                 print(f"note: {note}", file=sys.stderr)

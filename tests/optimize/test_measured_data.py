@@ -90,6 +90,8 @@ def test_a_scan_is_seen_with_the_protocols_acs_lines_and_the_noise_asked_for(tmp
     ({"data": {"kind": "raw", "files": ["a.h5"], "validation": 1}},
      r"field 'data\.files' = \['a\.h5'\]: expected at least one training scan beside the 1 of data\.validation"),
     ({"parameters": [{"name": "flip_angle"}]}, r"field 'parameters': no 'sampling' parameter"),
+    ({"data": {"kind": "raw", "files": ["a.h5", "b.h5"], "noise": 0.01, "noise_of": "reference"}},
+     r"field 'data\.noise_of' = 'reference': added noise is relative to the scan; expected 'signal'"),
 ])
 def test_task_mistakes_name_the_field_and_the_expectation(change: dict[str, Any], message: str) -> None:
     spec = measured(["a.h5", "b.h5"])
