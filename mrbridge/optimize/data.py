@@ -7,6 +7,7 @@ build any twin: data-parallel runs and resumed runs see identical data.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,13 +43,14 @@ def sparse_twin(spec: DataSpec, matrix: int, index: int) -> Twin:
 
 
 class TwinSet:
-    """The twins of a task's ``data`` section on a ``matrix``² grid.
+    """The twins of a task's ``data`` section on a ``matrix``² grid; twin files relative to ``base`` (the task's
+    folder).
 
     train: indices of the training twins; validation: indices of the validation twins (may be empty).
     """
 
-    def __init__(self, spec: DataSpec, matrix: int, source: str = "task") -> None:
-        self.spec, self.matrix, self.source = spec, matrix, source
+    def __init__(self, spec: DataSpec, matrix: int, source: str = "task", base: Path | None = None) -> None:
+        self.spec, self.matrix, self.source, self.base = spec, matrix, source, base or Path.cwd()
         self._cache: dict[int, Twin] = {}
         if spec.kind == "twin":
             total, n_val = 1 + (1 if spec.validation else 0), min(spec.validation, 1)
@@ -70,11 +72,12 @@ class TwinSet:
         field, name = ("data.twin", spec.twin) if spec.kind == "twin" else (f"data.files[{index}]", "")
         try:
             if spec.kind == "twin":
-                return open_twin(spec.twin, matrix=self.matrix, seed=spec.seed,
-                                 coils=spec.coils if spec.twin.startswith("builtin:") else None)
+                builtin_twin = spec.twin.startswith("builtin:")
+                return open_twin(spec.twin if builtin_twin else str(self.base / spec.twin), matrix=self.matrix,
+                                 seed=spec.seed, coils=spec.coils if builtin_twin else None)
             if spec.kind == "files":
                 name = spec.files[index]
-                return open_twin(name)
+                return open_twin(str(self.base / name))
         except InputError as err:  # name the task and its field, not only the twin
             raise InputError(f"{self.source}: field '{field}' = {name!r}: {err}") from None
         if spec.kind == "spin_random":

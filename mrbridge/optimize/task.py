@@ -239,9 +239,11 @@ class DataSpec(_Strict):
     """Training and validation twins."""
 
     kind: Literal["twin", "spin_random", "sparse", "files", "raw"]
-    twin: str = Field(default="builtin:spin-brain", description="kind twin: builtin:NAME or a twin .h5")
-    files: list[str] = Field(default_factory=list, description="kind files: twin .h5 paths; kind raw: fully sampled "
-                             "scans, ISMRMRD .h5 or twix .dat beside its .seq, relative to the task file")
+    twin: str = Field(default="builtin:spin-brain", description="kind twin: builtin:NAME or a twin .h5 (relative "
+                      "to the task file)")
+    files: list[str] = Field(default_factory=list, description="kind files: twin .h5 paths (e.g. calibrated twins); "
+                             "kind raw: fully sampled scans, ISMRMRD .h5 or twix .dat beside its .seq; relative to "
+                             "the task file")
     sparse: SparseSpec = Field(default_factory=SparseSpec)
     train: int = Field(default=1, ge=1, description="training twins (spin_random, sparse)")
     validation: int = Field(default=0, ge=0, description="validation twins (the last ones of files)")
