@@ -26,21 +26,21 @@ from mrbridge.sequence.undersampling import ACS_FLAGS, acs_range
 
 
 class MeasuredSet:
-    """The scans of a task's ``data`` section of kind ``raw``.
+    """The scans of a task's ``data`` section of kind ``raw``, held on ``device`` (moved there once, not every step).
 
     train: indices of the training scans; validation: indices of the validation scans (may be empty).
     """
 
-    def __init__(self, task: ResolvedTask) -> None:
+    def __init__(self, task: ResolvedTask, device: torch.device | str = "cpu") -> None:
         spec, n = task.task.data, task.protocol.matrix
         assert task.undersampling is not None  # the task's checks ask for a sampling parameter, hence this
         self.noise = spec.noise
-        self.scans = [self._read(task, i, name) for i, name in enumerate(spec.files)]
+        self.scans = [self._read(task, i, name).to(device) for i, name in enumerate(spec.files)]
         n_train = len(self.scans) - spec.validation
         self.train, self.validation = list(range(n_train)), list(range(n_train, len(self.scans)))
         acs = set(acs_range(n, task.undersampling.acs_lines))
         self._acs_flags = [torch.tensor([ACS_FLAGS if int(v) in acs else 0 for v in s.labels["kspace_encode_step_1"]],
-                                        dtype=torch.int64) for s in self.scans]
+                                        dtype=torch.int64, device=device) for s in self.scans]
 
     @staticmethod
     def _read(task: ResolvedTask, index: int, name: str) -> RawData:
@@ -68,7 +68,7 @@ class MeasuredSet:
     def fully_sampled(self, index: int) -> RawData:
         """Scan ``index`` with every line calibrating and imaging (the target's data)."""
         raw = self.scans[index]
-        return replace(raw, flags=torch.full((raw.readouts,), ACS_FLAGS, dtype=torch.int64))
+        return replace(raw, flags=torch.full((raw.readouts,), ACS_FLAGS, dtype=torch.int64, device=raw.kdata.device))
 
     def _noisy(self, kdata: torch.Tensor, seed: int) -> torch.Tensor:
         if not self.noise:

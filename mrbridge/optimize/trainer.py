@@ -98,7 +98,7 @@ class Trainer:
         t = task.task
         seed = t.optimizer.seed
         torch.manual_seed(seed)
-        self.data = MeasuredSet(task) if t.data.kind == "raw" else \
+        self.data = MeasuredSet(task, device) if t.data.kind == "raw" else \
             TwinSet(t.data, task.protocol.matrix, task.source, task.base)
         self.model = JointModel(task, self.data, engine=engine, device=device)
         self.phases = phases(task)
