@@ -9,7 +9,8 @@ read when the run starts, so a bad file fails before any training.
 The recon sees a scan with the protocol's ACS lines flagged, weighted line by line by the sampling mask (a line
 of weight 0 is not acquired: the scan undersampled retrospectively); the target is the same scan with every line
 calibrating, through the same recon without its network (its SENSE image). ``data.noise`` adds complex Gaussian
-noise of σ = noise·max|k| of the scan (on top of the scan's own).
+noise of σ = noise·max|k| of the scan on each of the real and imaginary parts, as simulations get it (on top
+of the scan's own).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mrbridge.optimize.task import ResolvedTask
 from mrbridge.raw.rawdata import RawData
 from mrbridge.raw.read import read_raw
 from mrbridge.sequence.undersampling import ACS_FLAGS, acs_range
+from mrbridge.sim.common import complex_noise
 
 
 class MeasuredSet:
@@ -73,6 +75,5 @@ class MeasuredSet:
     def _noisy(self, kdata: torch.Tensor, seed: int) -> torch.Tensor:
         if not self.noise:
             return kdata
-        gen = torch.Generator().manual_seed(seed)
         sigma = self.noise * float(kdata.abs().max())
-        return kdata + sigma * torch.randn(kdata.shape, dtype=kdata.dtype, generator=gen).to(kdata.device)
+        return kdata + complex_noise(tuple(kdata.shape), sigma, torch.Generator().manual_seed(seed), like=kdata)

@@ -22,6 +22,13 @@ _FLAG_GROUPS = {
 }
 
 
+def complex_noise(shape: tuple[int, ...], sigma: float, gen: torch.Generator, *, like: torch.Tensor) -> torch.Tensor:
+    """Complex Gaussian noise of σ on each of the real and imaginary parts, drawn on the CPU from ``gen`` (identical
+    on every device), with the dtype and device of ``like``."""
+    pair = torch.randn((*shape, 2), generator=gen, dtype=like.real.dtype) * sigma
+    return torch.complex(pair[..., 0], pair[..., 1]).to(like.device)
+
+
 def to_rawdata(seq: Sequence, signal: torch.Tensor, *, noise: float = 0.0, seed: int = 0,
                field_strength_t: float = 3.0) -> RawData:
     """Package a simulated signal as RawData, optionally with seeded complex Gaussian noise.
@@ -49,14 +56,8 @@ def to_rawdata(seq: Sequence, signal: torch.Tensor, *, noise: float = 0.0, seed:
     if noise > 0:
         sigma = noise * float(signal.detach().abs().max())
         gen = torch.Generator().manual_seed(seed)
-        real = signal.real.dtype
-
-        def draw(shape: tuple[int, ...]) -> torch.Tensor:
-            pair = torch.randn((*shape, 2), generator=gen, dtype=real) * sigma
-            return torch.complex(pair[..., 0], pair[..., 1]).to(signal.device)
-
-        kdata = kdata + draw(tuple(kdata.shape))
-        noise_scan = draw((coils, NOISE_SAMPLES))
+        kdata = kdata + complex_noise(tuple(kdata.shape), sigma, gen, like=signal)
+        noise_scan = complex_noise((coils, NOISE_SAMPLES), sigma, gen, like=signal)
 
     labels = {name: torch.tensor([getattr(lab, name) for *_, lab in readouts], dtype=torch.int64) for name in LABELS}
     first_rep, start, end, _ = readouts[0]
